@@ -1,0 +1,62 @@
+"""The `ssa` command: `ssa train`, `ssa data ...`, `ssa params`. `ssa COMMAND --help` documents each."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ssa_pretrain import train
+from ssa_pretrain.config import ConfigError, apply_overrides, build_config, read_yaml
+from ssa_pretrain.data.cli import add_data_commands
+
+
+def params(args: argparse.Namespace) -> int:
+    """Print the parameter count of a config's model (analytic; the tests check it against Megatron)."""
+    from ssa_pretrain.model.gpt import count_parameters, padded_vocab_size
+
+    try:
+        data = apply_overrides(read_yaml(args.config), args.overrides)
+        data.setdefault("train", {"steps": 1})  # a model config alone has no training section; none is needed
+        cfg = build_config(data, source=args.config)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    vocab = args.vocab_size or cfg.model.vocab_size
+    if vocab is None:
+        print("error: the config takes its vocabulary from the tokenizer; pass --vocab-size N", file=sys.stderr)
+        return 2
+    padded = padded_vocab_size(vocab, cfg.model, 1)
+    total = count_parameters(cfg.model, padded, cfg.ssa.output_gate)
+    embedding = padded * cfg.model.hidden_size * (1 if cfg.model.tie_embeddings else 2)
+    print(f"vocabulary {vocab} (padded to {padded})")
+    print(f"embedding{' (tied)' if cfg.model.tie_embeddings else 's'}: {embedding:,}")
+    print(f"non-embedding: {total - embedding:,}")
+    print(f"total: {total:,} ({total / 1e9:.3f} B)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ssa", description="SSA pretraining stack: data, training, tools.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train_cmd = commands.add_parser("train", help="train a model (resumes a run directory with a checkpoint)",
+                                    description=train.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    train.add_arguments(train_cmd).set_defaults(func=train.run)
+
+    params_cmd = commands.add_parser("params", help="print the parameter count of a model or run config")
+    params_cmd.add_argument("config", help="a model config (configs/model/1b.yaml) or a run config")
+    params_cmd.add_argument("--vocab-size", type=int, help="vocabulary size (default: the config's model.vocab_size)")
+    params_cmd.add_argument("overrides", nargs="*", help="dotted overrides")
+    params_cmd.set_defaults(func=params)
+
+    add_data_commands(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

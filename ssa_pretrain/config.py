@@ -1,0 +1,311 @@
+"""One typed config tree for a run: model / ssa / parallel / train / data / logging.
+
+A run is described by one YAML file. It may `include:` other YAML files (paths relative to it, merged in
+order, its own keys win), and dotted command-line overrides come last::
+
+    ssa train configs/train/tiny-cpu.yaml train.steps=20 ssa.full_ratio=0.25
+
+Every key is checked: an unknown key or a bad value raises `ConfigError` naming the key, what was given
+and what is allowed. The resolved tree is saved as `config.yaml` in the run directory.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A config file, key or value that cannot be used; the message names it and the fix."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    """A Llama-style decoder: RMSNorm, SwiGLU, RoPE, no biases."""
+
+    num_layers: int = Field(ge=1)
+    """Number of transformer layers."""
+    hidden_size: int = Field(ge=1)
+    """Width of the residual stream."""
+    num_attention_heads: int = Field(ge=1)
+    """Query heads."""
+    num_kv_heads: int = Field(ge=1)
+    """Key/value heads (GQA); must divide `num_attention_heads`."""
+    head_dim: int | None = Field(default=None, ge=1)
+    """Per-head width; default `hidden_size / num_attention_heads`."""
+    ffn_hidden_size: int = Field(ge=1)
+    """Inner width of the SwiGLU MLP."""
+    vocab_size: int | None = Field(default=None, ge=2)
+    """Vocabulary size; `null` takes it from the tokenizer (the usual case)."""
+    make_vocab_size_divisible_by: int = Field(default=128, ge=1)
+    """The embedding is padded to a multiple of this times the tensor-parallel size (Megatron's rule)."""
+    rope_theta: float = Field(default=500000.0, gt=0)
+    """RoPE base (500000 in the released SSA models)."""
+    tie_embeddings: bool = True
+    """Share the input embedding and the output projection."""
+    norm_eps: float = Field(default=1e-5, gt=0)
+    """RMSNorm epsilon."""
+    init_std: float = Field(default=0.02, gt=0)
+    """Standard deviation of the normal weight init."""
+
+    @model_validator(mode="after")
+    def _check_heads(self) -> ModelConfig:
+        if self.num_attention_heads % self.num_kv_heads:
+            raise ValueError(
+                f"num_kv_heads={self.num_kv_heads} must divide num_attention_heads={self.num_attention_heads}"
+            )
+        if self.head_dim is None and self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"hidden_size={self.hidden_size} is not divisible by num_attention_heads="
+                f"{self.num_attention_heads}; set head_dim explicitly"
+            )
+        return self
+
+    @property
+    def kv_channels(self) -> int:
+        """Per-head width actually used."""
+        return self.head_dim or self.hidden_size // self.num_attention_heads
+
+
+class SSAConfig(_Section):
+    """The attention method (see docs/DESIGN.md: full + block-sparse branches tied by an alignment loss)."""
+
+    variant: Literal["full", "sparse", "ssa"] = "ssa"
+    """`full`: full attention only; `sparse`: block-sparse only; `ssa`: both branches + alignment."""
+    block_size: int = Field(default=16, ge=1)
+    """Tokens per key block (BS)."""
+    block_count: int = Field(default=16, ge=1)
+    """Blocks each query attends to, its own block included (K)."""
+    full_ratio: float = Field(default=0.5, ge=0.0, le=1.0)
+    """Share of micro-steps whose residual stream uses full attention (ssa only)."""
+    mode_schedule: Literal["random", "alternate"] = "random"
+    """`random`: mode drawn from seed + step + micro-step (the paper); `alternate`: exact interleaving."""
+    alpha: float = Field(default=10.0, ge=0.0)
+    """Weight of the alignment loss."""
+    w_fs: float = Field(default=1.0, ge=0.0)
+    """Weight of D(a_full, sg(a_sparse)): pulls full attention towards sparse."""
+    w_sf: float = Field(default=1.0, ge=0.0)
+    """Weight of D(sg(a_full), a_sparse): pulls sparse attention towards full."""
+    output_gate: bool = True
+    """Per-head sigmoid gate on the attention output (as in the released SSA models)."""
+    inference_mode: Literal["full", "sparse"] = "full"
+    """Attention used outside training (evaluation, export) unless a caller asks for the other."""
+
+
+class ParallelConfig(_Section):
+    """Model parallel sizes; data parallel is whatever remains of the world size."""
+
+    tp: int = Field(default=1, ge=1)
+    """Tensor-parallel size (heads and MLP columns are sharded)."""
+    cp: int = Field(default=1, ge=1)
+    """Context-parallel size (the sequence is sharded)."""
+
+
+class TrainConfig(_Section):
+    """Optimisation, schedule, checkpoints and the loop."""
+
+    steps: int = Field(ge=1)
+    """Optimizer steps."""
+    micro_batch_size: int = Field(default=1, ge=1)
+    """Sequences per rank per micro-step."""
+    global_batch_size: int = Field(default=1, ge=1)
+    """Sequences per optimizer step over all data-parallel ranks (= micro x dp x accumulation)."""
+    lr: float = Field(default=1e-3, gt=0)
+    """Peak learning rate."""
+    min_lr: float = Field(default=0.0, ge=0)
+    """Learning rate at the end of the cosine decay."""
+    warmup_fraction: float = Field(default=0.01, ge=0, le=1)
+    """Linear warm-up length as a share of `steps`."""
+    weight_decay: float = Field(default=0.1, ge=0)
+    """AdamW decoupled weight decay (not applied to norms)."""
+    beta1: float = Field(default=0.9, ge=0, lt=1)
+    """AdamW beta1."""
+    beta2: float = Field(default=0.95, ge=0, lt=1)
+    """AdamW beta2."""
+    eps: float = Field(default=1e-8, gt=0)
+    """AdamW epsilon."""
+    grad_clip: float = Field(default=1.0, ge=0)
+    """Global gradient-norm clip; 0 disables clipping."""
+    seed: int = 1234
+    """Seeds the weights, the data order and the SSA mode draws."""
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    """`auto`: bf16 on GPU, fp32 on CPU."""
+    recompute: Literal["none", "selective", "full"] = "none"
+    """Activation recomputation: none, the core attention only, or whole layers."""
+    deepspeed_config: str = "configs/deepspeed/zero1.json"
+    """DeepSpeed JSON (ZeRO stage 1 or 2 over the data-parallel group); its `"auto"` values are filled
+    from this config. A relative path is looked up in the working directory, then in the repository."""
+    log_interval: int = Field(default=1, ge=1)
+    """Steps between metric lines."""
+    eval_interval: int = Field(default=100, ge=1)
+    """Steps between validations (both inference modes)."""
+    eval_batches: int = Field(default=4, ge=1)
+    """Micro-batches per validation."""
+    save_interval: int = Field(default=100, ge=1)
+    """Steps between checkpoints (one is always written at the end)."""
+    keep_last: int = Field(default=3, ge=1)
+    """Checkpoints kept in the run directory."""
+    max_nonfinite: int = Field(default=5, ge=1)
+    """Consecutive non-finite losses (skipped updates) after which the run stops."""
+
+    @model_validator(mode="after")
+    def _check_lr(self) -> TrainConfig:
+        if self.min_lr > self.lr:
+            raise ValueError(f"min_lr={self.min_lr} is larger than lr={self.lr}")
+        if self.global_batch_size % self.micro_batch_size:
+            raise ValueError(
+                f"global_batch_size={self.global_batch_size} is not a multiple of "
+                f"micro_batch_size={self.micro_batch_size}"
+            )
+        return self
+
+
+class DataConfig(_Section):
+    """Packed token shards written by `ssa data shards` / `ssa data prepare`."""
+
+    dir: str = "data/build/default"
+    """Dataset root holding `train/`, `valid/` (shards + manifest) and `tokenizer/`."""
+    tokenizer: str | None = None
+    """Tokenizer directory; default `<dir>/tokenizer`."""
+    seq_len: int = Field(default=256, ge=2)
+    """Tokens per training sequence (shards hold seq_len + 1)."""
+
+    @property
+    def tokenizer_dir(self) -> str:
+        """Where the tokenizer lives."""
+        return self.tokenizer or str(Path(self.dir) / "tokenizer")
+
+
+class LoggingConfig(_Section):
+    """Where metrics go besides `RUN_DIR/metrics.jsonl` and the console."""
+
+    wandb: Literal["offline", "online", "disabled"] = "offline"
+    """wandb mode; `online` needs a login; `offline` writes under the run dir for a later `wandb sync`."""
+    project: str = "ssa-pretrain"
+    """wandb project."""
+    name: str | None = None
+    """wandb run name; default the run directory's name."""
+    progress: bool = True
+    """Show a live progress display on the console (rank 0)."""
+
+
+class Config(_Section):
+    """A whole run."""
+
+    model: ModelConfig
+    ssa: SSAConfig = SSAConfig()
+    parallel: ParallelConfig = ParallelConfig()
+    train: TrainConfig
+    data: DataConfig = DataConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+    @model_validator(mode="after")
+    def _check_cross_sections(self) -> Config:
+        m, p = self.model, self.parallel
+        if m.num_kv_heads % p.tp:
+            raise ValueError(f"parallel.tp={p.tp} must divide model.num_kv_heads={m.num_kv_heads}")
+        if m.ffn_hidden_size % p.tp:
+            raise ValueError(f"parallel.tp={p.tp} must divide model.ffn_hidden_size={m.ffn_hidden_size}")
+        if self.data.seq_len % (2 * p.cp):
+            raise ValueError(
+                f"data.seq_len={self.data.seq_len} must be a multiple of 2*parallel.cp={2 * p.cp}"
+            )
+        return self
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    """Deep-merge `extra` into a copy of `base` (mappings merge, everything else replaces)."""
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping, resolving its `include:` list (paths relative to the file)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(data).__name__}")
+    includes = data.pop("include", [])
+    if isinstance(includes, str):
+        includes = [includes]
+    merged: dict[str, Any] = {}
+    for inc in includes:
+        merged = _merge(merged, read_yaml(path.parent / inc))
+    return _merge(merged, data)
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `section.key=value` strings; values are parsed as YAML scalars (`1e-3`, `true`, `null`)."""
+    data = _merge({}, data)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form section.key=value")
+        dotted, raw = item.split("=", 1)
+        keys = dotted.strip().split(".")
+        node = data
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {key!r} is not a section")
+        node[keys[-1]] = yaml.safe_load(raw) if raw.strip() else None
+    return data
+
+
+def _describe(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            section = _section_at(e["loc"][:-1])
+            allowed = sorted(section.model_fields) if section else []
+            close = difflib.get_close_matches(str(e["loc"][-1]), allowed, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            lines.append(f"{loc}: unknown key{hint}; allowed: {', '.join(allowed)}")
+        elif e["type"] == "missing":
+            lines.append(f"{loc}: required but not set")
+        else:
+            given = f" (got {e['input']!r})" if not isinstance(e.get("input"), dict) else ""
+            lines.append(f"{loc or 'config'}: {e['msg']}{given}")
+    return "\n  ".join(lines)
+
+
+def _section_at(loc: tuple) -> type[BaseModel] | None:
+    model: type[BaseModel] = Config
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return None
+        model = field.annotation
+    return model
+
+
+def build_config(data: dict[str, Any], source: str = "config") -> Config:
+    """Validate a raw mapping into a `Config`, turning pydantic's errors into one readable message."""
+    try:
+        return Config.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(f"{source}: invalid config\n  {_describe(err)}") from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Load a run config: YAML (+ includes) + dotted overrides, validated."""
+    return build_config(apply_overrides(read_yaml(path), overrides or []), source=str(path))
+
+
+def dump_config(cfg: Config) -> str:
+    """The resolved config as YAML (what the run directory stores)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

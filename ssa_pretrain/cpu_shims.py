@@ -1,0 +1,78 @@
+"""Every shim that lets Megatron-Core run on CPU (gloo), in one place. Nothing here acts when CUDA is present.
+
+Megatron-Core assumes CUDA in a few spots that our model reaches. On a machine without CUDA, `install()`:
+
+1. makes `torch.cuda.current_device()` return the CPU device — Megatron places many tensors
+   (e.g. RoPE's `inv_freq`) on `torch.cuda.current_device()`;
+2. replaces the CUDA RNG-state tracker with one that forks the CPU generator, and the CUDA RNG
+   get/set used by activation recomputation with the CPU generator's, so `tensor_parallel.checkpoint`
+   (recompute) restores the same random state on CPU.
+
+`CPU_CONFIG` lists the TransformerConfig flags that need CUDA-only fused kernels (apex / TE / JIT CUDA);
+`build_model` turns them off on CPU. Not needed: Megatron's CUDA causal mask (`get_default_causal_mask`)
+is only used by its own `DotProductAttention`, which SSA replaces. Sequence parallel needs apex/TE norms
+and stays off on CPU. docs/DEVELOPMENT.md records all of this.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from megatron.core.tensor_parallel import random as mc_random
+
+CPU_CONFIG = dict(
+    masked_softmax_fusion=False,
+    bias_activation_fusion=False,
+    bias_dropout_fusion=False,
+    apply_rope_fusion=False,
+    gradient_accumulation_fusion=False,
+    persist_layer_norm=False,
+)
+
+
+class CpuRNGStatesTracker(mc_random.CudaRNGStatesTracker):
+    """Megatron's named RNG-state tracker, on the CPU generator."""
+
+    def add(self, name: str, seed: int) -> None:
+        if seed in self.seeds_ or name in self.states_:
+            raise ValueError(f"RNG state {name!r} / seed {seed} already exists")
+        self._is_initialized = True
+        self.seeds_.add(seed)
+        self.states_[name] = torch.Generator().manual_seed(seed).get_state()
+
+    @contextlib.contextmanager
+    def fork(self, name: str = mc_random._MODEL_PARALLEL_RNG_TRACKER_NAME):
+        if name not in self.states_:
+            raise ValueError(f"RNG state {name!r} is not added")
+        saved = torch.get_rng_state()
+        torch.set_rng_state(self.states_[name])
+        try:
+            yield
+        finally:
+            self.states_[name] = torch.get_rng_state()
+            torch.set_rng_state(saved)
+
+
+def install() -> None:
+    """Apply the CPU shims once; a no-op where CUDA is available."""
+    if torch.cuda.is_available() or getattr(install, "done", False):
+        return
+    torch.cuda.current_device = lambda: torch.device("cpu")
+    mc_random._get_cuda_rng_state = lambda *args, **kwargs: torch.get_rng_state()
+    mc_random._set_cuda_rng_state = lambda state, *args, **kwargs: torch.set_rng_state(state)
+    mc_random._CUDA_RNG_STATE_TRACKER = CpuRNGStatesTracker()
+    mc_random._CUDA_RNG_STATE_TRACKER_INITIALIZED = True
+    install.done = True
+
+
+def seed_model_parallel_rng(seed: int) -> None:
+    """Megatron's `model_parallel_cuda_manual_seed` (distinct streams per TP rank), on CPU or CUDA."""
+    if torch.cuda.is_available():
+        mc_random.model_parallel_cuda_manual_seed(seed)
+        return
+    from megatron.core import parallel_state
+
+    tracker = mc_random.get_cuda_rng_tracker()
+    tracker.reset()
+    tracker.add(mc_random._MODEL_PARALLEL_RNG_TRACKER_NAME, seed + 2718 + parallel_state.get_tensor_model_parallel_rank())

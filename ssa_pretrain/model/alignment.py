@@ -1,0 +1,50 @@
+"""The SSA alignment loss, attached to the attention output as an auxiliary loss.
+
+    L = CE(mode) + alpha * mean_layers[ w_fs * D(a_full, sg(a_sparse)) + w_sf * D(sg(a_full), a_sparse) ]
+
+`D` is SmoothL1 (mean over elements), `sg` stop-gradient. As Megatron does for the MoE load-balancing
+loss, the term is not added to the returned loss: `AttachAuxLoss` passes the layer output through
+unchanged and, in backward, feeds the auxiliary term its own gradient. This keeps the model's forward
+output exactly the language-model output and works under activation recomputation (a recomputed layer
+re-attaches its term). The trainer sets `grad_scale` to 1 / (gradient-accumulation steps), the same
+scaling DeepSpeed applies to the main loss.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+class AttachAuxLoss(torch.autograd.Function):
+    """Identity on `output`; in backward, `aux_loss` receives gradient `grad_scale`."""
+
+    grad_scale: float = 1.0
+
+    @staticmethod
+    def forward(ctx, output: torch.Tensor, aux_loss: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(aux_loss)
+        return output
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        (aux_loss,) = ctx.saved_tensors
+        return grad_output, torch.full_like(aux_loss, AttachAuxLoss.grad_scale)
+
+    @staticmethod
+    def set_grad_scale(scale: float) -> None:
+        """Gradient the auxiliary terms receive (1 / accumulation steps under DeepSpeed)."""
+        AttachAuxLoss.grad_scale = scale
+
+
+def alignment_terms(
+    a_full: torch.Tensor, a_sparse: torch.Tensor, w_fs: float, w_sf: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weighted loss to differentiate, D(a_full, a_sparse) detached for logging), both fp32 scalars.
+
+    The two directions have the same value and differ only in where the gradient flows:
+    `w_fs` moves full attention towards sparse, `w_sf` sparse towards full.
+    """
+    full, sparse = a_full.float(), a_sparse.float()
+    loss = w_fs * F.smooth_l1_loss(full, sparse.detach()) + w_sf * F.smooth_l1_loss(full.detach(), sparse)
+    return loss, F.smooth_l1_loss(full.detach(), sparse.detach())

@@ -1,0 +1,151 @@
+"""SSA attention as Megatron-Core modules: a core attention and a self-attention with a per-head gate.
+
+Both are injected through a `ModuleSpec` (see `spec.py`); Megatron's layer is not forked.
+
+* `SSACoreAttention` replaces `DotProductAttention`. It receives RoPE'd `query [sq, b, hq, d]` and
+  `key/value [sk, b, hkv, d]` (this rank's heads; GQA not expanded) and returns `[sq, b, hq * d]`.
+  It runs the branch of the current mode and, in SSA training, the counterpart branch too, whose only
+  use is the alignment loss attached to the output (`alignment.py`).
+* `GatedSelfAttention` adds the per-head output gate `g = sigmoid(W_g x)` (NSA / released SSA models).
+  It reuses Megatron's own gating hook: with `attention_output_gate` set, Megatron applies
+  `_apply_output_gate(core_out, gate)` between core attention and the output projection. We return our
+  per-head gate from `get_query_key_value_tensors` and override `_apply_output_gate`; Megatron's own
+  (element-wise, carved out of `linear_qkv`) gate weights are not created.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+from megatron.core import parallel_state
+from megatron.core.tensor_parallel import ColumnParallelLinear
+from megatron.core.transformer import TransformerConfig
+from megatron.core.transformer.attention import SelfAttention
+from megatron.core.transformer.module import MegatronModule
+
+import ssa_kernels
+from ssa_pretrain.config import SSAConfig
+from ssa_pretrain.model.alignment import AttachAuxLoss, alignment_terms
+from ssa_pretrain.model.modes import Mode
+
+
+@dataclass
+class SSATransformerConfig(TransformerConfig):
+    """Megatron's TransformerConfig plus the SSA section (Megatron's pattern, as MLATransformerConfig)."""
+
+    ssa: SSAConfig | None = None
+    """The attention method; required by the SSA modules."""
+
+
+class SSACoreAttention(MegatronModule):
+    """Full and block-sparse causal attention of one layer, with the SSA alignment loss.
+
+    `mode` is set by `set_attention_mode` before each forward (training: per micro-step; evaluation and
+    inference: `full` or `sparse`). `block_size` / `block_count` default to the config and may be changed
+    at inference time (the sparsity budget).
+    """
+
+    def __init__(
+        self,
+        config: SSATransformerConfig,
+        layer_number: int,
+        attn_mask_type,
+        attention_type: str,
+        attention_dropout: float | None = None,
+        softmax_scale: float | None = None,
+        cp_comm_type: str | None = None,
+        pg_collection=None,
+    ):
+        super().__init__(config=config)
+        if config.ssa is None:
+            raise ValueError("SSACoreAttention needs SSATransformerConfig.ssa (build the model with build_model)")
+        if attention_type != "self":
+            raise ValueError(f"SSA attention is causal self-attention; got attention_type={attention_type!r}")
+        if (attention_dropout if attention_dropout is not None else config.attention_dropout) > 0:
+            raise ValueError("SSA attention has no attention dropout; set attention_dropout=0")
+        self.ssa: SSAConfig = config.ssa
+        self.layer_number = layer_number
+        self.softmax_scale = softmax_scale
+        tp = pg_collection.tp.size() if pg_collection is not None else parallel_state.get_tensor_model_parallel_world_size()
+        # Each TP rank holds 1/tp of the heads; the global alignment loss is the mean over ranks.
+        self.aux_weight = self.ssa.alpha / (config.num_layers * tp)
+        self.mode: Mode = self.ssa.inference_mode if self.ssa.variant == "ssa" else self.ssa.variant
+        self.block_size = self.ssa.block_size
+        self.block_count = self.ssa.block_count
+        self.last_alignment: torch.Tensor | None = None  # D(a_full, a_sparse) of the last forward, for logging
+
+    def _full(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return ssa_kernels.full_attention(q, k, v, causal=True, scale=self.softmax_scale)[0]
+
+    def _sparse(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        indices = ssa_kernels.select_blocks(q, k, self.block_size, self.block_count, scale=self.softmax_scale)
+        return ssa_kernels.sparse_attention(q, k, v, indices, self.block_size, scale=self.softmax_scale)[0]
+
+    def aligns(self) -> bool:
+        """Whether this forward computes the counterpart branch for the alignment loss."""
+        s = self.ssa
+        return self.training and s.variant == "ssa" and s.alpha > 0 and (s.w_fs > 0 or s.w_sf > 0)
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        attn_mask_type=None,
+        attention_bias: torch.Tensor | None = None,
+        packed_seq_params=None,
+        **kwargs,
+    ) -> torch.Tensor:
+        """query [sq, b, hq, d], key/value [sk, b, hkv, d] -> [sq, b, hq * d] (causal; the mask is implied)."""
+        if packed_seq_params is not None or attention_bias is not None:
+            raise NotImplementedError("SSA attention supports neither packed (THD) sequences nor attention bias")
+        q, k, v = (t.transpose(0, 1) for t in (query, key, value))  # [b, s, heads, d]
+        if self.aligns():
+            a_full, a_sparse = self._full(q, k, v), self._sparse(q, k, v)
+            out = a_full if self.mode == "full" else a_sparse
+            loss, value_for_log = alignment_terms(a_full, a_sparse, self.ssa.w_fs, self.ssa.w_sf)
+            self.last_alignment = value_for_log
+            out = AttachAuxLoss.apply(out, loss * self.aux_weight)
+        else:
+            out = self._full(q, k, v) if self.mode == "full" else self._sparse(q, k, v)
+            self.last_alignment = None
+        sq, b = query.shape[0], query.shape[1]
+        return out.transpose(0, 1).reshape(sq, b, -1)
+
+
+class GatedSelfAttention(SelfAttention):
+    """Megatron `SelfAttention` with the per-head sigmoid output gate of the SSA/NSA models."""
+
+    def __init__(self, config: SSATransformerConfig, submodules, layer_number: int, **kwargs):
+        # Build Megatron's layer without its element-wise gate (no extra linear_qkv columns) ...
+        super().__init__(dataclasses.replace(config, attention_output_gate=False), submodules, layer_number, **kwargs)
+        # ... then switch the gating hook on so forward() applies our per-head gate.
+        self.config = config
+        self.linear_gate = ColumnParallelLinear(
+            config.hidden_size,
+            config.num_attention_heads,
+            config=config,
+            init_method=config.init_method,
+            gather_output=False,
+            bias=False,
+            skip_bias_add=False,
+            is_expert=False,
+        )
+
+    def get_query_key_value_tensors(self, hidden_states, key_value_states=None, output_gate=False, split_qkv=True):
+        """Megatron's q/k/v, plus the gate logits `[sq, b, heads / tp]` when the gate is on."""
+        qkv = super().get_query_key_value_tensors(hidden_states, key_value_states, split_qkv=split_qkv)
+        if not output_gate:
+            return qkv
+        gate, _ = self.linear_gate(hidden_states)
+        return (*qkv, gate)
+
+    def _apply_output_gate(self, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+        """x [sq, b, heads * d] times sigmoid(gate [sq, b, heads]) per head."""
+        sq, b, width = x.shape
+        heads = gate.shape[-1]
+        gated = x.view(sq, b, heads, width // heads) * torch.sigmoid(gate.float()).unsqueeze(-1)
+        return gated.view(sq, b, width).to(x.dtype)

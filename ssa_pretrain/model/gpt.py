@@ -1,0 +1,116 @@
+"""Build the Megatron-Core GPT with SSA attention from our config, and drive its attention mode.
+
+Requires `megatron.core.parallel_state` to be initialised (see `ssa_pretrain.distributed`).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from megatron.core import parallel_state
+from megatron.core.models.gpt import GPTModel
+
+from ssa_pretrain import cpu_shims
+from ssa_pretrain.config import Config, ModelConfig
+from ssa_pretrain.model.attention import SSACoreAttention, SSATransformerConfig
+from ssa_pretrain.model.modes import Mode
+from ssa_pretrain.model.spec import get_ssa_layer_local_spec
+
+_RECOMPUTE = {
+    "none": {},
+    "selective": dict(recompute_granularity="selective", recompute_modules=["core_attn"]),
+    "full": dict(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1),
+}
+
+
+def padded_vocab_size(vocab_size: int, model: ModelConfig, tp: int) -> int:
+    """Megatron's rule: pad the embedding to a multiple of `make_vocab_size_divisible_by * tp`."""
+    multiple = model.make_vocab_size_divisible_by * tp
+    return -(-vocab_size // multiple) * multiple
+
+
+def transformer_config(cfg: Config, dtype: torch.dtype) -> SSATransformerConfig:
+    """Megatron's TransformerConfig for a Llama-style decoder with SSA attention."""
+    m = cfg.model
+    device_flags = {} if torch.cuda.is_available() else cpu_shims.CPU_CONFIG
+    return SSATransformerConfig(
+        num_layers=m.num_layers,
+        hidden_size=m.hidden_size,
+        num_attention_heads=m.num_attention_heads,
+        num_query_groups=m.num_kv_heads,
+        kv_channels=m.kv_channels,
+        ffn_hidden_size=m.ffn_hidden_size,
+        normalization="RMSNorm",
+        layernorm_epsilon=m.norm_eps,
+        gated_linear_unit=True,  # SwiGLU
+        activation_func=F.silu,
+        add_bias_linear=False,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        init_method_std=m.init_std,
+        tensor_model_parallel_size=cfg.parallel.tp,
+        context_parallel_size=cfg.parallel.cp,
+        use_cpu_initialization=True,  # identical weights for every TP size (the master weight is split)
+        params_dtype=dtype,
+        bf16=dtype == torch.bfloat16,
+        attention_output_gate=cfg.ssa.output_gate,
+        ssa=cfg.ssa,
+        **_RECOMPUTE[cfg.train.recompute],
+        **device_flags,
+    )
+
+
+def build_model(cfg: Config, vocab_size: int, dtype: torch.dtype = torch.float32) -> GPTModel:
+    """The GPT of `cfg` on this rank's tensor-parallel shard, on the current device."""
+    cpu_shims.install()
+    tp = parallel_state.get_tensor_model_parallel_world_size()
+    if tp != cfg.parallel.tp:
+        raise ValueError(f"parallel.tp={cfg.parallel.tp} but parallel_state was initialised with tp={tp}")
+    model = GPTModel(
+        config=transformer_config(cfg, dtype),
+        transformer_layer_spec=get_ssa_layer_local_spec(cfg.ssa),
+        vocab_size=padded_vocab_size(vocab_size, cfg.model, tp),
+        max_sequence_length=cfg.data.seq_len,
+        parallel_output=True,
+        share_embeddings_and_output_weights=cfg.model.tie_embeddings,
+        position_embedding_type="rope",
+        rotary_base=cfg.model.rope_theta,
+    )
+    return model.to(torch.cuda.current_device() if torch.cuda.is_available() else "cpu")
+
+
+def ssa_layers(model: torch.nn.Module) -> list[SSACoreAttention]:
+    """The SSA core attentions of a model, in layer order."""
+    return [m for m in model.modules() if isinstance(m, SSACoreAttention)]
+
+
+def set_attention_mode(
+    model: torch.nn.Module, mode: Mode, block_size: int | None = None, block_count: int | None = None
+) -> None:
+    """Select the attention that drives the residual stream; optionally change the sparsity budget.
+
+    `block_size` / `block_count` of None restore the configured values.
+    """
+    if mode not in ("full", "sparse"):
+        raise ValueError(f"attention mode must be 'full' or 'sparse', got {mode!r}")
+    for layer in ssa_layers(model):
+        layer.mode = mode
+        layer.block_size = block_size or layer.ssa.block_size
+        layer.block_count = block_count or layer.ssa.block_count
+
+
+def alignment_per_layer(model: torch.nn.Module) -> torch.Tensor | None:
+    """D(a_full, a_sparse) of each layer in the last forward (`[num_layers]`), None if not computed."""
+    values = [layer.last_alignment for layer in ssa_layers(model)]
+    return None if any(v is None for v in values) else torch.stack(values)
+
+
+def count_parameters(model: ModelConfig, vocab_size: int, output_gate: bool) -> int:
+    """Analytic parameter count of the (unsharded) model; `vocab_size` as padded."""
+    h, d, f = model.hidden_size, model.kv_channels, model.ffn_hidden_size
+    attention = h * d * (model.num_attention_heads * 2 + model.num_kv_heads * 2)  # q, o; k, v
+    if output_gate:
+        attention += h * model.num_attention_heads
+    layer = attention + 3 * h * f + 2 * h  # SwiGLU (gate, up, down) + two RMSNorms
+    embeddings = vocab_size * h * (1 if model.tie_embeddings else 2)
+    return model.num_layers * layer + h + embeddings  # + final norm

@@ -1,0 +1,43 @@
+"""AdamW with decoupled weight decay on matrices only, and the warm-up + cosine learning-rate schedule."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ssa_pretrain.config import TrainConfig
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on weight matrices; none on norms and other 1-D parameters (the usual LLM recipe)."""
+    decay, no_decay = [], []
+    for param in model.parameters():
+        if param.requires_grad:
+            (decay if param.dim() >= 2 else no_decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(model: torch.nn.Module, train: TrainConfig) -> torch.optim.AdamW:
+    """torch AdamW (fused on CUDA); DeepSpeed wraps it in its ZeRO optimizer."""
+    return torch.optim.AdamW(
+        param_groups(model, train.weight_decay),
+        lr=train.lr,
+        betas=(train.beta1, train.beta2),
+        eps=train.eps,
+        fused=torch.cuda.is_available(),
+    )
+
+
+def lr_at(step: int, train: TrainConfig) -> float:
+    """Learning rate of optimizer step `step` (0-based): linear warm-up, then cosine from `lr` to `min_lr`."""
+    warmup = round(train.warmup_fraction * train.steps)
+    if step < warmup:
+        return train.lr * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, train.steps - warmup))
+    return train.min_lr + 0.5 * (train.lr - train.min_lr) * (1 + math.cos(math.pi * progress))
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, train: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
+    """`lr_at` as a LambdaLR (its state, the step count, is saved with the checkpoint)."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_at(step, train) / train.lr)

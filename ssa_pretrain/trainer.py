@@ -1,0 +1,359 @@
+"""The training loop: build everything from one config, then step / log / validate / save until done.
+
+    trainer = Trainer(cfg, run_dir)     # process group, model, DeepSpeed engine, data, resume
+    trainer.train()                     # the loop below, top to bottom
+    trainer.close()
+
+Per optimizer step, `global_batch_size / (micro_batch_size * dp)` micro-steps; each draws its SSA mode
+(`choose_mode`), runs forward + backward through the DeepSpeed engine, which accumulates gradients,
+reduces them over the data-parallel group (ZeRO 1/2), clips and steps at the boundary.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state
+
+from ssa_pretrain import checkpoint, cpu_shims
+from ssa_pretrain.config import Config
+from ssa_pretrain.data.loader import ShardLoader, iter_validation
+from ssa_pretrain.data.tokenizer import Tokenizer
+from ssa_pretrain.distributed import init_distributed, shutdown
+from ssa_pretrain.metrics import (
+    MetricsLogger,
+    flops_per_token,
+    peak_flops,
+    peak_memory_gib,
+    save_resolved_config,
+    truncate_metrics,
+)
+from ssa_pretrain.model.alignment import AttachAuxLoss
+from ssa_pretrain.model.gpt import alignment_per_layer, build_model, set_attention_mode
+from ssa_pretrain.model.modes import Mode, choose_mode
+from ssa_pretrain.optim import build_optimizer, build_scheduler
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. too many non-finite losses); the last good checkpoint is intact."""
+
+
+class MegatronMPU:
+    """The model-parallel view DeepSpeed expects (`mpu=`), backed by Megatron's parallel_state.
+
+    Gradients are reduced over data parallel x context parallel: CP ranks hold different tokens of the
+    same sequences, so their gradients add up like those of data-parallel ranks.
+    """
+
+    get_model_parallel_rank = staticmethod(parallel_state.get_tensor_model_parallel_rank)
+    get_model_parallel_world_size = staticmethod(parallel_state.get_tensor_model_parallel_world_size)
+    get_model_parallel_group = staticmethod(parallel_state.get_tensor_model_parallel_group)
+
+    @staticmethod
+    def get_data_parallel_group():
+        return parallel_state.get_data_parallel_group(with_context_parallel=True)
+
+    @staticmethod
+    def get_data_parallel_rank() -> int:
+        return parallel_state.get_data_parallel_rank(with_context_parallel=True)
+
+    @staticmethod
+    def get_data_parallel_world_size() -> int:
+        return parallel_state.get_data_parallel_world_size(with_context_parallel=True)
+
+
+def deepspeed_config(cfg: Config, dp: int, bf16: bool) -> dict[str, Any]:
+    """The DeepSpeed JSON of `train.deepspeed_config` with its "auto" values filled from our config."""
+    path = Path(cfg.train.deepspeed_config)
+    if not path.is_absolute() and not path.is_file():
+        path = REPO_ROOT / path
+    try:
+        ds = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"train.deepspeed_config: cannot read {path}: {err}") from err
+    t = cfg.train
+    auto = {
+        "train_batch_size": t.global_batch_size,
+        "train_micro_batch_size_per_gpu": t.micro_batch_size,
+        "gradient_accumulation_steps": t.global_batch_size // (t.micro_batch_size * dp),
+        "gradient_clipping": t.grad_clip,
+    }
+    for key, value in auto.items():
+        if ds.get(key, "auto") == "auto":
+            ds[key] = value
+        elif ds[key] != value:
+            raise ValueError(f"{path}: {key}={ds[key]} contradicts the run config ({value}); set it to \"auto\"")
+    ds.setdefault("bf16", {})
+    if ds["bf16"].get("enabled", "auto") == "auto":
+        ds["bf16"]["enabled"] = bf16
+    stage = ds.get("zero_optimization", {}).get("stage", 0)
+    if stage not in (1, 2):
+        raise ValueError(f"{path}: zero_optimization.stage={stage}; ssa-pretrain uses ZeRO stage 1 or 2")
+    return ds
+
+
+class Trainer:
+    """Owns the process group, engine, data and run directory of one training run."""
+
+    def __init__(self, cfg: Config, run_dir: str | Path):
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.dist = init_distributed(cfg.parallel.tp, cfg.parallel.cp)
+        self.is_main = self.dist.rank == 0
+        cpu_shims.install()
+        if cfg.parallel.cp > 1:
+            raise NotImplementedError("context parallelism (parallel.cp > 1) is not implemented yet")
+
+        self.dp = parallel_state.get_data_parallel_world_size()
+        micro_per_step = cfg.train.global_batch_size // cfg.train.micro_batch_size
+        if micro_per_step % self.dp:
+            raise ValueError(
+                f"train.global_batch_size={cfg.train.global_batch_size} is not divisible by "
+                f"micro_batch_size x data-parallel size = {cfg.train.micro_batch_size} x {self.dp}"
+            )
+        self.grad_accum = micro_per_step // self.dp
+        self.bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and self.dist.device.type == "cuda")
+
+        self.tokenizer = Tokenizer(cfg.data.tokenizer_dir)
+        torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
+        cpu_shims.seed_model_parallel_rng(cfg.train.seed)
+        self.vocab_size = cfg.model.vocab_size or self.tokenizer.vocab_size
+        model = build_model(cfg, self.vocab_size)
+        self.num_params = sum(p.numel() for p in model.parameters())  # this TP shard
+        optimizer = build_optimizer(model, cfg.train)
+        self.engine = self._build_engine(model, optimizer, build_scheduler(optimizer, cfg.train))
+        self.model = self.engine.module
+
+        dp_rank = parallel_state.get_data_parallel_rank()
+        data_root = Path(cfg.data.dir)
+        self.train_data = ShardLoader(
+            data_root / "train", cfg.data.seq_len, cfg.train.micro_batch_size, dp_rank, self.dp,
+            seed=cfg.train.seed, tokenizer_sha256=self.tokenizer.sha256,
+        )
+        self.valid_dir = data_root / "valid"
+
+        self.step = 0
+        self.nonfinite_streak = 0
+        self.skipped_updates = 0
+        self.stop_signal = 0
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self._prepare_run_dir()
+        self.logger = MetricsLogger(self.run_dir, cfg, cfg.train.steps, self.step, enabled=self.is_main)
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, self._on_signal)
+
+    # ---------------------------------------------------------------- setup
+
+    def _build_engine(self, model, optimizer, scheduler):
+        import deepspeed  # after the CPU shims: DeepSpeed picks its accelerator at import
+
+        ds_cfg = deepspeed_config(self.cfg, self.dp, self.bf16)
+        engine, *_ = deepspeed.initialize(
+            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_cfg, mpu=MegatronMPU(),
+            dist_init_required=False,
+        )
+        return engine
+
+    def _meta(self) -> dict[str, Any]:
+        return {
+            "config": self.cfg.model_dump(mode="json"),
+            "tokenizer_sha256": self.tokenizer.sha256,
+            "vocab_size": self.vocab_size,
+            "world_size": self.dist.world_size,
+            "data": self.train_data.state_dict(),
+            "skipped_updates": self.skipped_updates,
+        }
+
+    def _prepare_run_dir(self) -> None:
+        """Resume from the run directory's latest checkpoint, or start it; save the resolved config."""
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        if dist.is_initialized():
+            dist.barrier()
+        latest = checkpoint.latest_checkpoint(self.ckpt_dir)
+        if latest is not None:
+            meta = checkpoint.read_meta(latest)
+            self._check_resumable(meta, latest)
+            checkpoint.load(self.engine, latest)
+            self.train_data.load_state_dict(meta["data"])
+            self.step = meta["step"]
+            self.skipped_updates = meta.get("skipped_updates", 0)
+        if self.is_main:
+            truncate_metrics(self.run_dir / "metrics.jsonl", self.step)
+            save_resolved_config(self.run_dir, self.cfg)
+            self._write_status("running")
+
+    def _check_resumable(self, meta: dict[str, Any], path: Path) -> None:
+        saved = meta["config"]
+        problems = [
+            f"model.{k}: checkpoint {saved['model'].get(k)!r}, config {v!r}"
+            for k, v in self.cfg.model.model_dump(mode="json").items()
+            if saved["model"].get(k) != v
+        ]
+        if saved["data"]["seq_len"] != self.cfg.data.seq_len:
+            problems.append(f"data.seq_len: checkpoint {saved['data']['seq_len']}, config {self.cfg.data.seq_len}")
+        if meta["tokenizer_sha256"] != self.tokenizer.sha256:
+            problems.append(f"tokenizer: checkpoint was trained with sha256 {meta['tokenizer_sha256'][:12]}…")
+        if problems:
+            raise checkpoint.CheckpointError(
+                f"cannot resume from {path}: the config does not match the checkpoint:\n  "
+                + "\n  ".join(problems)
+                + "\nUse the run's own config.yaml, or a new --run-dir for a new run."
+            )
+
+    def _on_signal(self, signum, frame) -> None:
+        self.stop_signal = signum  # acted on at the next step boundary
+
+    def _write_status(self, state: str, **extra: Any) -> None:
+        path = self.run_dir / "status.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"state": state, "step": self.step, "steps": self.cfg.train.steps, **extra}))
+        os.replace(tmp, path)
+
+    # ---------------------------------------------------------------- the loop
+
+    def train(self) -> None:
+        """Step until `train.steps` or a stop signal; validate and save on their intervals and at the end."""
+        t = self.cfg.train
+        while self.step < t.steps:
+            metrics = self.train_step()
+            self.step += 1
+            if self.step % t.eval_interval == 0 or self.step == t.steps:
+                metrics.update(self.validate())
+            if self.step % t.log_interval == 0 or "val_loss_full" in metrics or self.step == t.steps:
+                self.logger.log(metrics)
+            stopping = self._agree_to_stop()
+            if self.step % t.save_interval == 0 or self.step == t.steps or stopping:
+                self.save()
+            if stopping:
+                self._stop_by_signal()
+                return
+        if self.is_main:
+            self._write_status("completed")
+
+    def train_step(self) -> dict[str, Any]:
+        """One optimizer step of `grad_accum` micro-steps; returns its metrics."""
+        start = time.perf_counter()
+        AttachAuxLoss.set_grad_scale(1.0 / self.grad_accum)
+        self.model.train()
+        ce_sum = torch.zeros((), device=self.dist.device)  # summed on the device: no sync per micro-step
+        align_sum = torch.zeros((), device=self.dist.device)
+        modes: list[Mode] = []
+        for micro in range(self.grad_accum):
+            mode = choose_mode(self.cfg.ssa, self.cfg.train.seed, self.step, micro, self.grad_accum)
+            set_attention_mode(self.model, mode)
+            ce = self._cross_entropy(next(self.train_data))
+            self.engine.backward(ce)
+            self.engine.step()
+            ce_sum += ce.detach()
+            align = alignment_per_layer(self.model)
+            if align is not None:
+                align_sum += align.mean()
+            modes.append(mode)
+
+        ce, align = self._mean_over_ranks(ce_sum / self.grad_accum, align_sum / self.grad_accum)
+        finite = bool(torch.isfinite(torch.tensor(ce)))
+        applied = self.engine.was_step_applied() and finite
+        self._count_nonfinite(applied)
+        elapsed = time.perf_counter() - start
+        s = self.cfg.ssa
+        tokens_per_step = self.cfg.train.global_batch_size * self.cfg.data.seq_len
+        metrics: dict[str, Any] = {
+            "step": self.step + 1,
+            "loss": ce + s.alpha * (s.w_fs + s.w_sf) * align,
+            "ce": ce,
+            "align": align,
+            "mode": modes[0] if len(set(modes)) == 1 else "mixed",
+            "full_micro_steps": modes.count("full"),
+            "lr": self.engine.get_lr()[0],
+            "grad_norm": float(self.engine.get_global_grad_norm() or 0.0),
+            "tokens_per_s": tokens_per_step / elapsed,
+            "step_time_s": elapsed,
+            "peak_mem_gib": peak_memory_gib(self.dist.device),
+            "skipped_updates": self.skipped_updates,
+        }
+        peak = peak_flops(self.dist.device)
+        if peak:
+            # num_params is this rank's TP shard; flops per GPU = tokens per GPU x flops/token of the shard.
+            flops = flops_per_token(self.cfg, self.num_params) * tokens_per_step / (self.dist.world_size / self.cfg.parallel.tp)
+            metrics["mfu"] = flops / elapsed / peak
+        return metrics
+
+    def _cross_entropy(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Mean next-token cross-entropy of a `[batch, seq_len + 1]` token batch (inputs / labels shifted)."""
+        tokens = tokens.to(self.dist.device, non_blocking=True)
+        return self.engine(tokens[:, :-1], None, None, labels=tokens[:, 1:]).float().mean()
+
+    def _mean_over_ranks(self, *values: torch.Tensor) -> list[float]:
+        """Mean over all ranks. Right for CE (identical across TP ranks, equal token counts elsewhere) and for
+        the alignment loss (each TP rank holds an equal share of the heads)."""
+        stacked = torch.stack(values).float().to(self.dist.device)
+        if dist.is_initialized():
+            dist.all_reduce(stacked)
+        return (stacked / self.dist.world_size).tolist()
+
+    def _count_nonfinite(self, applied: bool) -> None:
+        if applied:
+            self.nonfinite_streak = 0
+            return
+        self.nonfinite_streak += 1
+        self.skipped_updates += 1
+        if self.nonfinite_streak >= self.cfg.train.max_nonfinite:
+            last = checkpoint.latest_checkpoint(self.ckpt_dir)
+            if self.is_main:
+                self._write_status("failed", reason="non-finite loss")
+            raise TrainingError(
+                f"{self.nonfinite_streak} consecutive non-finite losses at step {self.step + 1}; stopping. "
+                f"The last good checkpoint is {last or 'none (no checkpoint was written yet)'}. "
+                "Lower train.lr, raise train.warmup_fraction or check the data."
+            )
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Validation cross-entropy in both inference modes, over the same fixed batches."""
+        self.model.eval()
+        out = {}
+        for mode in ("full", "sparse"):
+            set_attention_mode(self.model, mode)
+            total = torch.zeros((), device=self.dist.device)
+            batches = iter_validation(
+                self.valid_dir, self.cfg.data.seq_len, self.cfg.train.micro_batch_size,
+                self.cfg.train.eval_batches, parallel_state.get_data_parallel_rank(), self.dp,
+            )
+            count = 0
+            for tokens in batches:
+                total += self._cross_entropy(tokens)
+                count += 1
+            (out[f"val_loss_{mode}"],) = self._mean_over_ranks(total / count)
+        self.model.train()
+        return out
+
+    def _agree_to_stop(self) -> bool:
+        """A signal reaches some ranks only; every rank must take the same decision."""
+        flag = torch.tensor([self.stop_signal], device=self.dist.device)
+        if dist.is_initialized():
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        self.stop_signal = int(flag.item())
+        return self.stop_signal != 0
+
+    def save(self) -> None:
+        checkpoint.save(self.engine, self.ckpt_dir, self.step, self._meta(), self.cfg.train.keep_last)
+
+    def _stop_by_signal(self) -> None:
+        name = signal.Signals(self.stop_signal).name
+        if self.is_main:
+            self._write_status("stopped", signal=name)
+            self.logger.console.print(f"{name}: saved step {self.step} to {self.ckpt_dir}; resume with the same command")
+
+    def close(self) -> None:
+        self.logger.close()
+        shutdown()
