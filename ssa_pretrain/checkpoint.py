@@ -108,7 +108,7 @@ def save(engine, ckpt_dir: Path, step: int, meta: dict[str, Any], keep_last: int
 
 
 def load(engine, path: Path) -> dict[str, Any]:
-    """Restore engine (weights, optimizer, scheduler) and this rank's RNG from `path`; returns the metadata."""
+    """Restore weights, optimizer, scheduler and this rank's RNG from `path`; returns the metadata."""
     meta = read_meta(path)
     rank = dist.get_rank() if dist.is_initialized() else 0
     load_path, _ = engine.load_checkpoint(str(path.parent), tag=path.name)

@@ -23,7 +23,9 @@ def params(args: argparse.Namespace) -> int:
         return 2
     vocab = args.vocab_size or cfg.model.vocab_size
     if vocab is None:
-        print("error: the config takes its vocabulary from the tokenizer; pass --vocab-size N", file=sys.stderr)
+        print(
+            "error: the config takes its vocabulary from the tokenizer; pass --vocab-size N", file=sys.stderr
+        )
         return 2
     padded = padded_vocab_size(vocab, cfg.model, 1)
     total = count_parameters(cfg.model, padded, cfg.ssa.output_gate)
@@ -39,13 +41,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ssa", description="SSA pretraining stack: data, training, tools.")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    train_cmd = commands.add_parser("train", help="train a model (resumes a run directory with a checkpoint)",
-                                    description=train.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    train_cmd = commands.add_parser(
+        "train",
+        help="train a model (resumes a run directory with a checkpoint)",
+        description=train.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     train.add_arguments(train_cmd).set_defaults(func=train.run)
 
     params_cmd = commands.add_parser("params", help="print the parameter count of a model or run config")
     params_cmd.add_argument("config", help="a model config (configs/model/1b.yaml) or a run config")
-    params_cmd.add_argument("--vocab-size", type=int, help="vocabulary size (default: the config's model.vocab_size)")
+    params_cmd.add_argument(
+        "--vocab-size", type=int, help="vocabulary size (default: the config's model.vocab_size)"
+    )
     params_cmd.add_argument("overrides", nargs="*", help="dotted overrides")
     params_cmd.set_defaults(func=params)
 

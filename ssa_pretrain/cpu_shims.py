@@ -4,7 +4,8 @@ Megatron-Core assumes CUDA in a few spots that our model reaches. On a machine w
 
 1. makes `torch.cuda.current_device()` return the CPU device — Megatron places many tensors
    (e.g. RoPE's `inv_freq`) on `torch.cuda.current_device()`;
-2. replaces the CUDA RNG-state tracker with one that forks the CPU generator, and the CUDA RNG
+2. selects DeepSpeed's CPU accelerator (`DS_ACCELERATOR=cpu`, before DeepSpeed is imported);
+3. replaces the CUDA RNG-state tracker with one that forks the CPU generator, and the CUDA RNG
    get/set used by activation recomputation with the CPU generator's, so `tensor_parallel.checkpoint`
    (recompute) restores the same random state on CPU.
 
@@ -17,6 +18,7 @@ and stays off on CPU. docs/DEVELOPMENT.md records all of this.
 from __future__ import annotations
 
 import contextlib
+import os
 
 import torch
 from megatron.core.tensor_parallel import random as mc_random
@@ -59,6 +61,7 @@ def install() -> None:
     if torch.cuda.is_available() or getattr(install, "done", False):
         return
     torch.cuda.current_device = lambda: torch.device("cpu")
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
     mc_random._get_cuda_rng_state = lambda *args, **kwargs: torch.get_rng_state()
     mc_random._set_cuda_rng_state = lambda state, *args, **kwargs: torch.set_rng_state(state)
     mc_random._CUDA_RNG_STATE_TRACKER = CpuRNGStatesTracker()
@@ -75,4 +78,7 @@ def seed_model_parallel_rng(seed: int) -> None:
 
     tracker = mc_random.get_cuda_rng_tracker()
     tracker.reset()
-    tracker.add(mc_random._MODEL_PARALLEL_RNG_TRACKER_NAME, seed + 2718 + parallel_state.get_tensor_model_parallel_rank())
+    tracker.add(
+        mc_random._MODEL_PARALLEL_RNG_TRACKER_NAME,
+        seed + 2718 + parallel_state.get_tensor_model_parallel_rank(),
+    )

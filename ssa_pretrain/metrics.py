@@ -22,7 +22,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from ssa_pretrain.config import Config, dump_config
 
 # Dense bf16 peak of known accelerators (FLOP/s), for MFU. Unknown devices (and CPUs) report no MFU.
-PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "H800": 989e12, "A100": 312e12, "GH200": 989e12, "B200": 2250e12}
+PEAK_FLOPS = {
+    "H100": 989e12,
+    "H200": 989e12,
+    "H800": 989e12,
+    "A100": 312e12,
+    "GH200": 989e12,
+    "B200": 2250e12,
+}
 
 
 def flops_per_token(cfg: Config, num_params: int) -> float:
@@ -74,7 +81,11 @@ def truncate_metrics(path: Path, after_step: int) -> None:
     """Drop lines of steps beyond `after_step` (left by a run that died after its last checkpoint)."""
     if not path.is_file():
         return
-    kept = [line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= after_step]
+    kept = [
+        line
+        for line in path.read_text().splitlines()
+        if line and json.loads(line).get("step", 0) <= after_step
+    ]
     tmp = path.with_suffix(".tmp")
     tmp.write_text("".join(line + "\n" for line in kept))
     os.replace(tmp, path)
@@ -95,7 +106,10 @@ class MetricsLogger:
             self.wandb = self._start_wandb(run_dir, cfg)
         if cfg.logging.progress and self.console.is_terminal:
             self.progress = Progress(
-                TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                TextColumn("[bold]train"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
                 console=self.console,
             )
             self.task = self.progress.add_task("train", total=total_steps, completed=start_step)
@@ -125,7 +139,9 @@ class MetricsLogger:
         with self.path.open("a") as f:
             f.write(json.dumps({k: _clean(v) for k, v in metrics.items()}) + "\n")
         if self.wandb is not None:
-            self.wandb.log({k: v for k, v in metrics.items() if isinstance(v, int | float)}, step=metrics["step"])
+            self.wandb.log(
+                {k: v for k, v in metrics.items() if isinstance(v, int | float)}, step=metrics["step"]
+            )
         self.console.print(self._line(metrics), highlight=False)
         if self.progress is not None:
             self.progress.update(self.task, completed=metrics["step"])

@@ -21,7 +21,9 @@ from ssa_pretrain.data.loader import DataError
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("config", help="run config (YAML), e.g. configs/train/tiny-cpu.yaml")
     parser.add_argument("--run-dir", type=Path, help="run directory (default: runs/<config name>)")
-    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.steps=20 ssa.full_ratio=0.25")
+    parser.add_argument(
+        "overrides", nargs="*", help="dotted overrides, e.g. train.steps=20 ssa.full_ratio=0.25"
+    )
     return parser
 
 
@@ -43,8 +45,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = add_arguments(argparse.ArgumentParser(prog="python -m ssa_pretrain.train", description=__doc__,
-                                                   formatter_class=argparse.RawDescriptionHelpFormatter))
+    parser = add_arguments(
+        argparse.ArgumentParser(
+            prog="python -m ssa_pretrain.train",
+            description=__doc__,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+    )
     return run(parser.parse_args(argv))
 
 

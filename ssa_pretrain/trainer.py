@@ -91,7 +91,9 @@ def deepspeed_config(cfg: Config, dp: int, bf16: bool) -> dict[str, Any]:
         if ds.get(key, "auto") == "auto":
             ds[key] = value
         elif ds[key] != value:
-            raise ValueError(f"{path}: {key}={ds[key]} contradicts the run config ({value}); set it to \"auto\"")
+            raise ValueError(
+                f'{path}: {key}={ds[key]} contradicts the run config ({value}); set it to "auto"'
+            )
     ds.setdefault("bf16", {})
     if ds["bf16"].get("enabled", "auto") == "auto":
         ds["bf16"]["enabled"] = bf16
@@ -121,7 +123,9 @@ class Trainer:
                 f"micro_batch_size x data-parallel size = {cfg.train.micro_batch_size} x {self.dp}"
             )
         self.grad_accum = micro_per_step // self.dp
-        self.bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and self.dist.device.type == "cuda")
+        self.bf16 = cfg.train.precision == "bf16" or (
+            cfg.train.precision == "auto" and self.dist.device.type == "cuda"
+        )
 
         self.tokenizer = Tokenizer(cfg.data.tokenizer_dir)
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
@@ -136,8 +140,13 @@ class Trainer:
         dp_rank = parallel_state.get_data_parallel_rank()
         data_root = Path(cfg.data.dir)
         self.train_data = ShardLoader(
-            data_root / "train", cfg.data.seq_len, cfg.train.micro_batch_size, dp_rank, self.dp,
-            seed=cfg.train.seed, tokenizer_sha256=self.tokenizer.sha256,
+            data_root / "train",
+            cfg.data.seq_len,
+            cfg.train.micro_batch_size,
+            dp_rank,
+            self.dp,
+            seed=cfg.train.seed,
+            tokenizer_sha256=self.tokenizer.sha256,
         )
         self.valid_dir = data_root / "valid"
 
@@ -158,7 +167,11 @@ class Trainer:
 
         ds_cfg = deepspeed_config(self.cfg, self.dp, self.bf16)
         engine, *_ = deepspeed.initialize(
-            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_cfg, mpu=MegatronMPU(),
+            model=model,
+            optimizer=optimizer,
+            lr_scheduler=scheduler,
+            config=ds_cfg,
+            mpu=MegatronMPU(),
             dist_init_required=False,
         )
         return engine
@@ -200,7 +213,9 @@ class Trainer:
             if saved["model"].get(k) != v
         ]
         if saved["data"]["seq_len"] != self.cfg.data.seq_len:
-            problems.append(f"data.seq_len: checkpoint {saved['data']['seq_len']}, config {self.cfg.data.seq_len}")
+            problems.append(
+                f"data.seq_len: checkpoint {saved['data']['seq_len']}, config {self.cfg.data.seq_len}"
+            )
         if meta["tokenizer_sha256"] != self.tokenizer.sha256:
             problems.append(f"tokenizer: checkpoint was trained with sha256 {meta['tokenizer_sha256'][:12]}…")
         if problems:
@@ -216,7 +231,9 @@ class Trainer:
     def _write_status(self, state: str, **extra: Any) -> None:
         path = self.run_dir / "status.json"
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"state": state, "step": self.step, "steps": self.cfg.train.steps, **extra}))
+        tmp.write_text(
+            json.dumps({"state": state, "step": self.step, "steps": self.cfg.train.steps, **extra})
+        )
         os.replace(tmp, path)
 
     # ---------------------------------------------------------------- the loop
@@ -284,7 +301,11 @@ class Trainer:
         peak = peak_flops(self.dist.device)
         if peak:
             # num_params is this rank's TP shard; flops per GPU = tokens per GPU x flops/token of the shard.
-            flops = flops_per_token(self.cfg, self.num_params) * tokens_per_step / (self.dist.world_size / self.cfg.parallel.tp)
+            flops = (
+                flops_per_token(self.cfg, self.num_params)
+                * tokens_per_step
+                / (self.dist.world_size / self.cfg.parallel.tp)
+            )
             metrics["mfu"] = flops / elapsed / peak
         return metrics
 
@@ -326,8 +347,12 @@ class Trainer:
             set_attention_mode(self.model, mode)
             total = torch.zeros((), device=self.dist.device)
             batches = iter_validation(
-                self.valid_dir, self.cfg.data.seq_len, self.cfg.train.micro_batch_size,
-                self.cfg.train.eval_batches, parallel_state.get_data_parallel_rank(), self.dp,
+                self.valid_dir,
+                self.cfg.data.seq_len,
+                self.cfg.train.micro_batch_size,
+                self.cfg.train.eval_batches,
+                parallel_state.get_data_parallel_rank(),
+                self.dp,
             )
             count = 0
             for tokens in batches:
@@ -352,7 +377,9 @@ class Trainer:
         name = signal.Signals(self.stop_signal).name
         if self.is_main:
             self._write_status("stopped", signal=name)
-            self.logger.console.print(f"{name}: saved step {self.step} to {self.ckpt_dir}; resume with the same command")
+            self.logger.console.print(
+                f"{name}: saved step {self.step} to {self.ckpt_dir}; resume with the same command"
+            )
 
     def close(self) -> None:
         self.logger.close()

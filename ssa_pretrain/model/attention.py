@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+import ssa_kernels
 import torch
 from megatron.core import parallel_state
 from megatron.core.tensor_parallel import ColumnParallelLinear
@@ -25,7 +26,6 @@ from megatron.core.transformer import TransformerConfig
 from megatron.core.transformer.attention import SelfAttention
 from megatron.core.transformer.module import MegatronModule
 
-import ssa_kernels
 from ssa_pretrain.config import SSAConfig
 from ssa_pretrain.model.alignment import AttachAuxLoss, alignment_terms
 from ssa_pretrain.model.modes import Mode
@@ -60,7 +60,9 @@ class SSACoreAttention(MegatronModule):
     ):
         super().__init__(config=config)
         if config.ssa is None:
-            raise ValueError("SSACoreAttention needs SSATransformerConfig.ssa (build the model with build_model)")
+            raise ValueError(
+                "SSACoreAttention needs SSATransformerConfig.ssa (build the model with build_model)"
+            )
         if attention_type != "self":
             raise ValueError(f"SSA attention is causal self-attention; got attention_type={attention_type!r}")
         if (attention_dropout if attention_dropout is not None else config.attention_dropout) > 0:
@@ -68,13 +70,19 @@ class SSACoreAttention(MegatronModule):
         self.ssa: SSAConfig = config.ssa
         self.layer_number = layer_number
         self.softmax_scale = softmax_scale
-        tp = pg_collection.tp.size() if pg_collection is not None else parallel_state.get_tensor_model_parallel_world_size()
+        tp = (
+            pg_collection.tp.size()
+            if pg_collection is not None
+            else parallel_state.get_tensor_model_parallel_world_size()
+        )
         # Each TP rank holds 1/tp of the heads; the global alignment loss is the mean over ranks.
         self.aux_weight = self.ssa.alpha / (config.num_layers * tp)
         self.mode: Mode = self.ssa.inference_mode if self.ssa.variant == "ssa" else self.ssa.variant
         self.block_size = self.ssa.block_size
         self.block_count = self.ssa.block_count
-        self.last_alignment: torch.Tensor | None = None  # D(a_full, a_sparse) of the last forward, for logging
+        self.last_alignment: torch.Tensor | None = (
+            None  # D(a_full, a_sparse) of the last forward, for logging
+        )
 
     def _full(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         return ssa_kernels.full_attention(q, k, v, causal=True, scale=self.softmax_scale)[0]
@@ -99,9 +107,11 @@ class SSACoreAttention(MegatronModule):
         packed_seq_params=None,
         **kwargs,
     ) -> torch.Tensor:
-        """query [sq, b, hq, d], key/value [sk, b, hkv, d] -> [sq, b, hq * d] (causal; the mask is implied)."""
+        """query [sq, b, hq, d], key/value [sk, b, hkv, d] -> [sq, b, hq * d], causal."""
         if packed_seq_params is not None or attention_bias is not None:
-            raise NotImplementedError("SSA attention supports neither packed (THD) sequences nor attention bias")
+            raise NotImplementedError(
+                "SSA attention supports neither packed (THD) sequences nor attention bias"
+            )
         q, k, v = (t.transpose(0, 1) for t in (query, key, value))  # [b, s, heads, d]
         if self.aligns():
             a_full, a_sparse = self._full(q, k, v), self._sparse(q, k, v)
@@ -121,7 +131,9 @@ class GatedSelfAttention(SelfAttention):
 
     def __init__(self, config: SSATransformerConfig, submodules, layer_number: int, **kwargs):
         # Build Megatron's layer without its element-wise gate (no extra linear_qkv columns) ...
-        super().__init__(dataclasses.replace(config, attention_output_gate=False), submodules, layer_number, **kwargs)
+        super().__init__(
+            dataclasses.replace(config, attention_output_gate=False), submodules, layer_number, **kwargs
+        )
         # ... then switch the gating hook on so forward() applies our per-head gate.
         self.config = config
         self.linear_gate = ColumnParallelLinear(
@@ -133,9 +145,12 @@ class GatedSelfAttention(SelfAttention):
             bias=False,
             skip_bias_add=False,
             is_expert=False,
+            tp_group=self.pg_collection.tp,
         )
 
-    def get_query_key_value_tensors(self, hidden_states, key_value_states=None, output_gate=False, split_qkv=True):
+    def get_query_key_value_tensors(
+        self, hidden_states, key_value_states=None, output_gate=False, split_qkv=True
+    ):
         """Megatron's q/k/v, plus the gate logits `[sq, b, heads / tp]` when the gate is on."""
         qkv = super().get_query_key_value_tensors(hidden_states, key_value_states, split_qkv=split_qkv)
         if not output_gate:

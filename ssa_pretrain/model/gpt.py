@@ -5,6 +5,8 @@ Requires `megatron.core.parallel_state` to be initialised (see `ssa_pretrain.dis
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from megatron.core import parallel_state
@@ -60,13 +62,25 @@ def transformer_config(cfg: Config, dtype: torch.dtype) -> SSATransformerConfig:
     )
 
 
-def build_model(cfg: Config, vocab_size: int, dtype: torch.dtype = torch.float32) -> GPTModel:
-    """The GPT of `cfg` on this rank's tensor-parallel shard, on the current device."""
+def build_model(
+    cfg: Config, vocab_size: int, dtype: torch.dtype = torch.float32, device: str | torch.device | None = None
+) -> GPTModel:
+    """The GPT of `cfg` on this rank's tensor-parallel shard.
+
+    `device` defaults to the current GPU (CPU without CUDA); `"meta"` builds shapes only (parameter counts).
+    """
     cpu_shims.install()
     tp = parallel_state.get_tensor_model_parallel_world_size()
     if tp != cfg.parallel.tp:
         raise ValueError(f"parallel.tp={cfg.parallel.tp} but parallel_state was initialised with tp={tp}")
-    model = GPTModel(
+    device = torch.device(device or (torch.cuda.current_device() if torch.cuda.is_available() else "cpu"))
+    with torch.device("meta") if device.type == "meta" else contextlib.nullcontext():
+        model = _gpt(cfg, vocab_size, dtype, tp)
+    return model.to(device)
+
+
+def _gpt(cfg: Config, vocab_size: int, dtype: torch.dtype, tp: int) -> GPTModel:
+    return GPTModel(
         config=transformer_config(cfg, dtype),
         transformer_layer_spec=get_ssa_layer_local_spec(cfg.ssa),
         vocab_size=padded_vocab_size(vocab_size, cfg.model, tp),
@@ -76,7 +90,6 @@ def build_model(cfg: Config, vocab_size: int, dtype: torch.dtype = torch.float32
         position_embedding_type="rope",
         rotary_base=cfg.model.rope_theta,
     )
-    return model.to(torch.cuda.current_device() if torch.cuda.is_available() else "cpu")
 
 
 def ssa_layers(model: torch.nn.Module) -> list[SSACoreAttention]:

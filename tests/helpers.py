@@ -1,0 +1,54 @@
+"""Small helpers shared by the tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_config(*overrides: str):
+    """The tiny model as a run config, with dotted overrides (short sequences: CPU tests)."""
+    from ssa_pretrain.config import load_config
+
+    return load_config(
+        REPO / "configs/train/tiny-cpu.yaml",
+        ["data.seq_len=64", "ssa.block_size=8", "ssa.block_count=3", *overrides],
+    )
+
+
+def train_command(
+    run_dir, nproc: int, *overrides: str, config: str = "configs/train/tiny-cpu.yaml"
+) -> list[str]:
+    """`python -m ssa_pretrain.train` (one process) or `torchrun` (several), as a user launches it."""
+    import sys
+
+    launcher = [sys.executable, "-m", "ssa_pretrain.train"]
+    if nproc > 1:
+        launcher = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            str(nproc),
+            "--master-port",
+            str(_free_port()),
+            "-m",
+            "ssa_pretrain.train",
+        ]
+    return [*launcher, config, "--run-dir", str(run_dir), *overrides]
+
+
+def read_metrics(run_dir) -> list[dict]:
+    """The step lines of RUN_DIR/metrics.jsonl."""
+    import json
+
+    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines() if line]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
