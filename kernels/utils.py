@@ -39,6 +39,35 @@ def softmax_lse(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return weights / total, lse.squeeze(-1)
 
 
+def attend(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, visible: torch.Tensor | None, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax attention of a query chunk to the keys it may see, with GQA.
+
+    Args:
+        q: `[B, C, HQ, D]`.
+        k, v: `[B, S, HKV, D]` (already in the accumulation dtype).
+        visible: `[B or 1, C, HKV or 1, S]` bool, True where query `c` may attend to key `s`; None: every key.
+
+    Returns:
+        o: `[B, C, HQ, D]` in `q.dtype`; lse `[B, C, HQ]` (`-inf`, with `o = 0`, where no key is visible).
+    """
+    num_kv_heads = k.shape[2]
+    # [B, C, HKV, G, D] x [B, S, HKV, D] -> [B, C, HKV, G, S]
+    logits = torch.einsum("bchgd,bshd->bchgs", q.to(k.dtype).unflatten(2, (num_kv_heads, -1)), k) * scale
+    if visible is not None:
+        logits = logits.masked_fill(~visible[:, :, :, None, :], float("-inf"))
+    p, lse = softmax_lse(logits)
+    o = torch.einsum("bchgs,bshd->bchgd", p, v)  # [B, C, HKV, G, D]
+    return o.flatten(2, 3).to(q.dtype), lse.flatten(2, 3)
+
+
+def causal_mask(start: int, num_queries: int, num_keys: int, device: torch.device) -> torch.Tensor:
+    """`[1, C, 1, S]` bool: query at position `start + c` sees keys `s <= start + c`."""
+    t = torch.arange(start, start + num_queries, device=device)[:, None]  # [C, 1]
+    return (torch.arange(num_keys, device=device) <= t)[None, :, None, :]
+
+
 def map_query_chunks(
     fn: Callable[..., tuple[torch.Tensor, ...]],
     chunk_size: int,
@@ -47,8 +76,8 @@ def map_query_chunks(
 ) -> tuple[torch.Tensor, ...]:
     """Apply `fn(start, *chunks, *shared)` to consecutive query chunks and concatenate its outputs on dim 1.
 
-    Each chunk is checkpointed: the backward recomputes it, so the chunk's score tensors are never all alive
-    at once, in training as in inference.
+    When the sequence spans several chunks, each chunk is checkpointed: the backward recomputes it, so the
+    chunks' score tensors are never all alive at once, in training as in inference.
 
     Args:
         fn: maps the chunk's first position and the `[B, C, ...]` slices of `per_query` to a tuple of
@@ -60,6 +89,8 @@ def map_query_chunks(
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     seq_len = per_query[0].shape[1]
+    if seq_len <= chunk_size:  # one chunk: nothing to bound
+        return fn(0, *per_query, *shared)
     outputs = []
     for start in range(0, seq_len, chunk_size):
         chunks = (x[:, start : start + chunk_size] for x in per_query)

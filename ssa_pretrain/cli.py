@@ -1,4 +1,4 @@
-"""The `ssa` command: `ssa train`, `ssa data ...`, `ssa params`. `ssa COMMAND --help` documents each."""
+"""The `ssa` command: `train`, `data ...`, `sweep ...`, `params`. `ssa COMMAND --help` documents each."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import sys
 from ssa_pretrain import train
 from ssa_pretrain.config import ConfigError, apply_overrides, build_config, read_yaml
 from ssa_pretrain.data.cli import add_data_commands
+from ssa_pretrain.sweep.cli import add_sweep_commands
 
 
 def params(args: argparse.Namespace) -> int:
@@ -58,11 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
     params_cmd.set_defaults(func=params)
 
     add_data_commands(commands)
+    add_sweep_commands(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = train.parse_with_overrides(build_parser(), argv)
     return args.func(args)
 
 

@@ -147,7 +147,8 @@ class TrainConfig(_Section):
     eval_interval: int = Field(default=100, ge=1)
     """Steps between validations (both inference modes)."""
     eval_batches: int = Field(default=4, ge=1)
-    """Micro-batches per validation."""
+    """Validation micro-batches per evaluation in total, shared by the data-parallel ranks (a multiple of the
+    data-parallel size), so the validation set does not depend on the layout."""
     save_interval: int = Field(default=100, ge=1)
     """Steps between checkpoints (one is always written at the end)."""
     keep_last: int = Field(default=3, ge=1)

@@ -54,6 +54,8 @@ def read_env() -> DistEnv:
         rank, world, local = 0, 1, 0
     env.setdefault("MASTER_ADDR", "127.0.0.1")
     env.setdefault("MASTER_PORT", "29500")
+    # DeepSpeed reads these from the environment whatever launched us.
+    env.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(local))
     device = torch.device("cuda", local) if torch.cuda.is_available() else torch.device("cpu")
     return DistEnv(rank, world, local, device)
 
@@ -73,6 +75,7 @@ def init_distributed(tp: int = 1, cp: int = 1, timeout_minutes: int = 30) -> Dis
             rank=info.rank,
             world_size=info.world_size,
             timeout=timedelta(minutes=timeout_minutes),
+            store=dist.HashStore() if info.world_size == 1 else None,  # a world of one needs no port
         )
     if not parallel_state.model_parallel_is_initialized():
         parallel_state.initialize_model_parallel(tensor_model_parallel_size=tp, context_parallel_size=cp)

@@ -142,7 +142,7 @@ class MetricsLogger:
             self.wandb.log(
                 {k: v for k, v in metrics.items() if isinstance(v, int | float)}, step=metrics["step"]
             )
-        self.console.print(self._line(metrics), highlight=False)
+        self.console.print(self._line(metrics), highlight=False, soft_wrap=True)  # one line per step
         if self.progress is not None:
             self.progress.update(self.task, completed=metrics["step"])
 

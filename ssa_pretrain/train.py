@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ssa_pretrain.checkpoint import CheckpointError
 from ssa_pretrain.config import ConfigError, load_config
-from ssa_pretrain.data.loader import DataError
+from ssa_pretrain.data.errors import DataError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -28,20 +28,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Train with parsed arguments; bad input ends with its message and exit code 2, not a traceback."""
+    """Train with parsed arguments.
+
+    Bad input (config, data, checkpoint) ends with its message and exit code 2, a run that cannot go on
+    (`TrainingError`) with exit code 1; neither prints a traceback.
+    """
     try:
         cfg = load_config(args.config, args.overrides)
-        from ssa_pretrain.trainer import Trainer  # heavy imports after the config is known to be good
+        from ssa_pretrain.trainer import Trainer, TrainingError  # heavy imports once the config is known good
 
         trainer = Trainer(cfg, args.run_dir or Path("runs") / Path(args.config).stem)
+        try:
+            trainer.train()
+        except TrainingError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+        finally:
+            trainer.close()
     except (ConfigError, DataError, CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    try:
-        trainer.train()
-    finally:
-        trainer.close()
     return 0
+
+
+def parse_with_overrides(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse, letting `section.key=value` overrides stand anywhere (also after `--run-dir DIR`)."""
+    args, extra = parser.parse_known_args(argv)
+    unknown = [item for item in extra if item.startswith("-") or "=" not in item]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if extra:
+        args.overrides = [*getattr(args, "overrides", []), *extra]
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
     )
-    return run(parser.parse_args(argv))
+    return run(parse_with_overrides(parser, argv))
 
 
 if __name__ == "__main__":

@@ -123,6 +123,11 @@ class Trainer:
                 f"micro_batch_size x data-parallel size = {cfg.train.micro_batch_size} x {self.dp}"
             )
         self.grad_accum = micro_per_step // self.dp
+        if cfg.train.eval_batches % self.dp:
+            raise ValueError(
+                f"train.eval_batches={cfg.train.eval_batches} is not a multiple of the data-parallel "
+                f"size {self.dp}"
+            )
         self.bf16 = cfg.train.precision == "bf16" or (
             cfg.train.precision == "auto" and self.dist.device.type == "cuda"
         )
@@ -350,7 +355,7 @@ class Trainer:
                 self.valid_dir,
                 self.cfg.data.seq_len,
                 self.cfg.train.micro_batch_size,
-                self.cfg.train.eval_batches,
+                self.cfg.train.eval_batches // self.dp,
                 parallel_state.get_data_parallel_rank(),
                 self.dp,
             )

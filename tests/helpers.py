@@ -52,3 +52,25 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def build_tiny_dataset(out: Path, seq_len: int = 64, vocab_size: int = 512) -> Path:
+    """A small real dataset from the bundled corpus: 40 Bible chapters + 6 Python-docs pages (~300k chars),
+    a `vocab_size` BPE tokenizer in `out/tokenizer`, train/valid shards of `seq_len` in `out`."""
+    import json
+    import lzma
+
+    from ssa_pretrain.data.shards import DEFAULT_CORPUS, write_shards
+    from ssa_pretrain.data.tokenizer import train_tokenizer
+
+    with lzma.open(DEFAULT_CORPUS, "rt", encoding="utf-8") as f:
+        docs = [json.loads(line) for line in f]
+    picked = [d for d in docs if d["source"].startswith("web/")][:40]
+    picked += [d for d in docs if d["source"].startswith("python-docs/tutorial/")][:6]
+    out.mkdir(parents=True, exist_ok=True)
+    corpus = out / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps(d) + "\n" for d in picked))
+    train_tokenizer([corpus], out / "tokenizer", vocab_size=vocab_size, num_threads=2)
+    write_shards([corpus], out / "tokenizer", out, seq_len, samples_per_shard=256, valid_fraction=0.1,
+                 num_workers=1, progress=False)  # fmt: skip
+    return out

@@ -1,26 +1,27 @@
-"""Plain-PyTorch reference of SSA sparse attention: gather the selected blocks, attend causally."""
+"""Plain-PyTorch reference of SSA sparse attention: attention to all keys, masked to the selected blocks."""
 
 import torch
 
-from ..utils import QUERY_CHUNK_SIZE, accumulation_dtype, map_query_chunks, softmax_lse
+from ..utils import QUERY_CHUNK_SIZE, accumulation_dtype, attend, causal_mask, map_query_chunks
 
 
-def selected_tokens(indices: torch.Tensor, start: int, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Key positions of the selected blocks and which of them a query may see.
+def selected_keys(indices: torch.Tensor, start: int, block_size: int, num_keys: int) -> torch.Tensor:
+    """Which keys each query may see: those of its listed blocks, up to and including its own position.
 
     Args:
-        indices: `[B, C, HKV, K]` block indices (`-1` = unused) of the queries at `start … start + C - 1`.
+        indices: `[B, C, HKV, K]` block indices (`-1` or any negative = unused) of the queries at
+            `start … start + C - 1`; blocks beyond the sequence are ignored.
 
     Returns:
-        tokens: `[B, C, HKV, K * BS]` int64 key positions, `0` where not visible (safe to gather).
-        visible: `[B, C, HKV, K * BS]` bool, the position exists in a listed block and is `<= t`.
+        visible: `[B, C, HKV, S]` bool, `S = num_keys`.
     """
-    t = torch.arange(start, start + indices.shape[1], device=indices.device)[:, None, None]  # [C, 1, 1]
-    offsets = torch.arange(block_size, device=indices.device)
-    # [B, C, HKV, K, BS] -> [B, C, HKV, K * BS]; an unused slot (-1) yields negative positions
-    tokens = (indices.long()[..., None] * block_size + offsets).flatten(3)
-    visible = (tokens >= 0) & (tokens <= t)
-    return tokens.where(visible, 0), visible
+    num_blocks = -(-num_keys // block_size)
+    slots = indices.long()
+    slots = slots.where((slots >= 0) & (slots < num_blocks), num_blocks)  # unused -> a spare column
+    listed = torch.zeros(*slots.shape[:3], num_blocks + 1, dtype=torch.bool, device=indices.device)
+    listed.scatter_(-1, slots, True)  # [B, C, HKV, NB + 1]
+    in_blocks = listed[..., :num_blocks].repeat_interleave(block_size, dim=-1)[..., :num_keys]
+    return in_blocks & causal_mask(start, indices.shape[1], num_keys, indices.device)
 
 
 def _sparse_chunk(
@@ -32,20 +33,10 @@ def _sparse_chunk(
     block_size: int,
     scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sparse attention of the queries at positions `start … start + C - 1`.
-
-    q `[B, C, HQ, D]`, indices `[B, C, HKV, K]`, k/v `[B, T, HKV, D]` -> o `[B, C, HQ, D]`, lse `[B, C, HQ]`.
-    """
-    batch, _, num_kv_heads, _ = indices.shape
-    tokens, visible = selected_tokens(indices, start, block_size)  # [B, C, HKV, N]
-    b = torch.arange(batch, device=k.device)[:, None, None, None]
-    h = torch.arange(num_kv_heads, device=k.device)[None, None, :, None]
-    k_sel, v_sel = k[b, tokens, h], v[b, tokens, h]  # [B, C, HKV, N, D]
-    # [B, C, HKV, G, D] x [B, C, HKV, N, D] -> [B, C, HKV, G, N]
-    logits = torch.einsum("bchgd,bchnd->bchgn", q.to(k.dtype).unflatten(2, (num_kv_heads, -1)), k_sel) * scale
-    p, lse = softmax_lse(logits.masked_fill(~visible[:, :, :, None, :], float("-inf")))
-    o = torch.einsum("bchgn,bchnd->bchgd", p, v_sel)  # [B, C, HKV, G, D]
-    return o.flatten(2, 3).to(q.dtype), lse.flatten(2, 3)
+    """q `[B, C, HQ, D]`, indices `[B, C, HKV, K]`, k, v `[B, T, HKV, D]` ->
+    o `[B, C, HQ, D]`, lse `[B, C, HQ]`;
+    (the queries at `start … start + C - 1`)."""
+    return attend(q, k, v, selected_keys(indices, start, block_size, k.shape[1]), scale)
 
 
 def naive_sparse_attention(
@@ -60,12 +51,15 @@ def naive_sparse_attention(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Reference of `ssa_kernels.sparse_attention` (same arguments and results), math in fp32.
 
+    Dense scores masked to the selected blocks: O(T^2) work, but plain matrix products and no gathers, which
+    is what a CPU runs fastest at training lengths; repeated block indices are harmless.
+
     Args:
         q: `[B, T, HQ, D]`.
         k, v: `[B, T, HKV, D]`.
         indices: `[B, T, HKV, K]` int32/int64 block indices, `-1` = unused.
-        chunk_size: query positions attended at once; each chunk gathers `[B, chunk, HKV, K * BS, D]` keys
-            and values and is recomputed in the backward.
+        chunk_size: query positions attended at once; each chunk scores `[B, chunk, HQ, T]` and, when there
+            are several chunks, is recomputed in the backward.
 
     Returns:
         o: `[B, T, HQ, D]` in `q.dtype`.

@@ -1,28 +1,54 @@
 """`ssa data ...`: command-line front end of the data pipeline (the work happens in tokenizer.py / shards.py).
 
-    ssa data prepare                                 # bundled corpus → data/build/default/{tokenizer,shards}
+    ssa data prepare                        # bundled corpus → data/build/default/{tokenizer,train,valid}
     ssa data tokenizer corpus.jsonl.xz --out tok/ --vocab-size 32000
     ssa data shards corpus.jsonl.xz --tokenizer tok/ --out shards/ --seq-len 8192 --workers 16
 
 Also runs standalone: `python -m ssa_pretrain.data.cli prepare`. The top-level `ssa` command calls
-`add_data_commands(subparsers)`; each command stores its handler in `args.func`.
+`add_data_commands(subparsers)`; each command stores its handler in `args.func`, which returns the exit status
+(1 with an `error: ...` line on a `DataError`).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from ssa_pretrain.data.errors import DataError
 
+DESCRIPTION = "Build training data: train a tokenizer, write packed shards, or prepare the bundled corpus."
+EXAMPLES = """examples:
+  ssa data prepare                       # bundled corpus → data/build/default/{tokenizer,train,valid}
+  ssa data tokenizer corpus/ --out tok/ --vocab-size 32000
+  ssa data shards corpus/ --tokenizer tok/ --out shards/ --seq-len 8192 --workers 16"""
 INPUTS_HELP = (
     ".jsonl (a 'text' field per line), .txt (one document per file), .xz/.gz of these, or directories"
 )
 
 
+def _reporting_data_errors(
+    command: Callable[[argparse.Namespace], int],
+) -> Callable[[argparse.Namespace], int]:
+    """A bad input ends the command with its message and exit status 1, not a traceback."""
+
+    @functools.wraps(command)
+    def run(args: argparse.Namespace) -> int:
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+        try:
+            return command(args)
+        except DataError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+
+    return run
+
+
+@_reporting_data_errors
 def _cmd_tokenizer(args: argparse.Namespace) -> int:
     from ssa_pretrain.data.tokenizer import Tokenizer, train_tokenizer
 
@@ -32,6 +58,7 @@ def _cmd_tokenizer(args: argparse.Namespace) -> int:
     return 0
 
 
+@_reporting_data_errors
 def _cmd_shards(args: argparse.Namespace) -> int:
     from ssa_pretrain.data.shards import write_shards
 
@@ -48,6 +75,7 @@ def _cmd_shards(args: argparse.Namespace) -> int:
     return 0
 
 
+@_reporting_data_errors
 def _cmd_prepare(args: argparse.Namespace) -> int:
     from ssa_pretrain.data.shards import prepare_default
 
@@ -90,7 +118,7 @@ def _add_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_shards)
 
     p = sub.add_parser("prepare", help="tokenizer + shards from the bundled default corpus, in one go",
-                       description="Build OUT/tokenizer and OUT/shards/{train,valid} from "
+                       description="Build OUT/tokenizer, OUT/train and OUT/valid from "
                        "data/default-corpus.jsonl.xz (World English Bible + Python docs); steps already up "
                        "to date are skipped.")  # fmt: skip
     p.add_argument("--out", default=None, help="output directory (default: <repo>/data/build/default)")
@@ -106,22 +134,19 @@ def _add_commands(sub: argparse._SubParsersAction) -> None:
 def add_data_commands(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register `data` (with `tokenizer`, `shards`, `prepare`) on the top-level `ssa` subparsers."""
     data = subparsers.add_parser("data", help="tokenizer, shards and the bundled default corpus",
-                                 description=__doc__.split("\n\n")[0])  # fmt: skip
+                                 description=DESCRIPTION, epilog=EXAMPLES,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     _add_commands(data.add_subparsers(dest="data_command", required=True, metavar="COMMAND"))
     return data
 
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m ssa_pretrain.data.cli COMMAND ...` (the same commands as `ssa data`)."""
-    parser = argparse.ArgumentParser(prog="ssa data", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="ssa data", description=DESCRIPTION, epilog=EXAMPLES,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     _add_commands(parser.add_subparsers(dest="data_command", required=True, metavar="COMMAND"))
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        return args.func(args)
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    return args.func(args)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ Layout of a dataset directory (see `manifest.py` for the manifest format):
 
     <out_dir>/train/shard-000000.tar ... manifest.json
     <out_dir>/valid/shard-000000.tar ... manifest.json      (absent when valid_fraction is 0)
+    <out_dir>/tokenizer/                                    (only what `prepare_default` puts there)
 
 Choices, in one place:
 * Samples do not overlap: sample i is tokens [i·(seq_len+1), (i+1)·(seq_len+1)) of its split's stream, so the
@@ -16,8 +17,8 @@ Choices, in one place:
   falls below `valid_fraction`: deterministic, independent of worker count, streaming.
 * Documents are shuffled within windows of `shuffle_window` documents before packing, so a shard mixes the
   sources that were concatenated in the input (the loader shuffles shards and samples, not documents).
-* The dataset is written to a temporary sibling directory and renamed into place at the end: a crash or an
-  error never leaves a directory with a manifest that describes partial data.
+* The splits are written under `<out_dir>/.shards.tmp-<pid>/` and renamed into place at the end: a crash or
+  an error never leaves a split directory whose manifest describes partial data.
 """
 
 from __future__ import annotations
@@ -253,7 +254,7 @@ def write_shards(
 
     Each sample is `seq_len + 1` tokens (the model reads s[:-1] and predicts s[1:]). `provenance`
     (JSON-serialisable) is recorded in each manifest under `build`. Raises `DataError` for bad inputs, for an
-    empty split, and when `out_dir` exists and `overwrite` is False.
+    empty split, and when `out_dir` already holds `train/` or `valid/` and `overwrite` is False.
     """
     out_dir = Path(out_dir)
     files = expand_inputs(inputs)
@@ -261,15 +262,15 @@ def write_shards(
         raise ValueError(f"valid_fraction must be in [0, 1), got {valid_fraction}")
     if seq_len < 1 or samples_per_shard < 1 or shuffle_window < 1:
         raise ValueError("seq_len, samples_per_shard and shuffle_window must be positive")
-    if out_dir.exists() and not overwrite:
-        raise DataError(f"{out_dir}: already exists; pass overwrite=True (`--overwrite`) to replace it")
+    existing = [out_dir / split for split in SPLITS if (out_dir / split).exists()]
+    if existing and not overwrite:
+        raise DataError(f"{existing[0]}: already exists; pass overwrite=True (`--overwrite`) to replace it")
     tokenizer = Tokenizer(tokenizer_dir)
     dtype = np.dtype(np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32)
     sample_len = seq_len + 1
     num_workers = (os.cpu_count() or 1) if num_workers is None else num_workers
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
+    tmp_dir = out_dir / f".shards.tmp-{os.getpid()}"
     shutil.rmtree(tmp_dir, ignore_errors=True)
     splits = ("train", "valid") if valid_fraction > 0 else ("train",)
     start = time.perf_counter()
@@ -301,34 +302,11 @@ def write_shards(
         }
         manifests = {}
         for split, packer in packers.items():
-            shards = packer.writer.close()
-            num_samples = packer.writer.num_samples
-            if num_samples == 0:
-                fix = (
-                    "lower --seq-len or add text" if split == "train" else "raise --valid-fraction or pass 0"
-                )
-                raise DataError(
-                    f"{', '.join(map(str, files))}: the {split} split got {packer.num_documents} documents "
-                    "and no "
-                    f"complete sample of {sample_len} tokens; {fix}"
-                )
-            manifests[split] = {
-                "format": FORMAT, "version": VERSION, "split": split,
-                "seq_len": seq_len, "sample_len": sample_len, "dtype": dtype.name,
-                "tokenizer": {
-                    "sha256": tokenizer.sha256, "vocab_size": tokenizer.vocab_size,
-                    "bos_id": tokenizer.bos_id, "eos_id": tokenizer.eos_id, "pad_id": tokenizer.pad_id,
-                },
-                "num_samples": num_samples, "num_tokens": num_samples * sample_len,
-                "num_documents": packer.num_documents, "dropped_tokens": len(packer.carry),
-                "shards": shards,
-                "build": build,
-            }  # fmt: skip
+            manifests[split] = _finish_split(split, packer, tokenizer, seq_len, build, files)
             (tmp_dir / split / MANIFEST_FILE).write_text(json.dumps(manifests[split], indent=2) + "\n")
-        _replace_dir(tmp_dir, out_dir)
-    except BaseException:
+        _install(tmp_dir, out_dir)
+    finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
     total = sum(m["num_tokens"] for m in manifests.values())
     summary = ", ".join(
         f"{s} {m['num_samples']} samples / {len(m['shards'])} shards" for s, m in manifests.items()
@@ -337,13 +315,48 @@ def write_shards(
     return manifests
 
 
-def _replace_dir(src: Path, dst: Path) -> None:
-    """Rename `src` to `dst`, replacing an existing `dst`: at no moment is a partial `dst` visible."""
-    old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-    if dst.exists():
-        dst.rename(old)
-    src.rename(dst)
-    shutil.rmtree(old, ignore_errors=True)
+def _finish_split(
+    split: str, packer: _Packer, tokenizer: Tokenizer, seq_len: int, build: dict, files: list[Path]
+) -> dict:
+    """Close the split's last shard and return its manifest (see manifest.py for the format)."""
+    shards = packer.writer.close()
+    num_samples, sample_len = packer.writer.num_samples, seq_len + 1
+    if num_samples == 0:
+        fix = "lower --seq-len or add text" if split == "train" else "raise --valid-fraction or pass 0"
+        raise DataError(
+            f"{', '.join(map(str, files))}: the {split} split got {packer.num_documents} documents and no "
+            f"complete sample of {sample_len} tokens; {fix}"
+        )
+    return {
+        "format": FORMAT, "version": VERSION, "split": split,
+        "seq_len": seq_len, "sample_len": sample_len, "dtype": packer.eos.dtype.name,
+        "tokenizer": {
+            "sha256": tokenizer.sha256, "vocab_size": tokenizer.vocab_size,
+            "bos_id": tokenizer.bos_id, "eos_id": tokenizer.eos_id, "pad_id": tokenizer.pad_id,
+        },
+        "num_samples": num_samples, "num_tokens": num_samples * sample_len,
+        "num_documents": packer.num_documents, "dropped_tokens": len(packer.carry),
+        "shards": shards,
+        "build": build,
+    }  # fmt: skip
+
+
+def _install(tmp_dir: Path, out_dir: Path) -> None:
+    """Move the finished splits from `tmp_dir` into `out_dir`, replacing old ones, by renames only.
+
+    All old splits leave first, so a crash in between leaves a split missing (a clear error), never a split
+    that is partial or a train/valid pair from two different builds.
+    """
+    old = out_dir / f".shards.old-{os.getpid()}"
+    shutil.rmtree(old, ignore_errors=True)  # left by a killed run that had our pid
+    old.mkdir()
+    for split in SPLITS:
+        if (out_dir / split).exists():
+            (out_dir / split).rename(old / split)
+    for split in SPLITS:
+        if (tmp_dir / split).exists():
+            (tmp_dir / split).rename(out_dir / split)
+    shutil.rmtree(old)
 
 
 def default_corpus() -> Path:
@@ -385,7 +398,7 @@ def prepare_default(
     force: bool = False,
     progress: bool = True,
 ) -> dict:
-    """Tokenizer + shards from the bundled corpus: `out_dir/tokenizer`, `out_dir/shards/{train,valid}`.
+    """Tokenizer + shards from the bundled corpus: `out_dir/tokenizer/`, `out_dir/train/`, `out_dir/valid/`.
 
     Skips each step whose output exists and was built from the same corpus and settings (unless `force`).
     Returns the paths, what was (re)built, and timings.
@@ -393,7 +406,7 @@ def prepare_default(
     corpus = default_corpus()
     corpus_sha256 = sha256_file(corpus)
     out_dir = Path(out_dir) if out_dir is not None else DEFAULT_BUILD_DIR
-    tok_dir, shard_dir = out_dir / "tokenizer", out_dir / "shards"
+    tok_dir, shard_dir = out_dir / "tokenizer", out_dir
     provenance = {"default_corpus": True, "corpus_sha256": corpus_sha256}
     result: dict = {
         "tokenizer": str(tok_dir),

@@ -55,6 +55,33 @@ def _reservoir_sample(items: Iterable[str], k: int, seed: int) -> tuple[list[str
     return sample, seen
 
 
+def _train_spm(
+    sentences: list[str],
+    model: io.BytesIO,
+    vocab_size: int,
+    max_sentence_length: int,
+    num_threads: int | None,
+) -> None:
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(sentences),
+        model_writer=model,
+        model_type="bpe",
+        vocab_size=vocab_size,
+        byte_fallback=True,  # no <unk> for unseen characters: they become UTF-8 byte pieces
+        character_coverage=0.9995,  # the rarest 0.05% of characters go to byte pieces
+        split_digits=True,  # numbers tokenise digit by digit
+        normalization_rule_name="identity",  # keep text as is (no NFKC) ...
+        remove_extra_whitespaces=False,  # ... and keep indentation: code is part of the corpus
+        add_dummy_prefix=False,  # so decode(encode(text)) == text exactly
+        allow_whitespace_only_pieces=True,
+        unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID, pad_id=PAD_ID,
+        max_sentence_length=max_sentence_length,
+        input_sentence_size=0,  # we sampled already
+        num_threads=num_threads or os.cpu_count() or 1,
+        minloglevel=2,
+    )  # fmt: skip
+
+
 def train_tokenizer(
     inputs: Sequence[str | Path],
     out_dir: str | Path,
@@ -80,24 +107,10 @@ def train_tokenizer(
         raise DataError(f"{', '.join(map(str, files))}: no text to train a tokenizer on")
     model = io.BytesIO()
     spm.set_random_generator_seed(seed)
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(sentences),
-        model_writer=model,
-        model_type="bpe",
-        vocab_size=vocab_size,
-        byte_fallback=True,  # no <unk> for unseen characters: they become UTF-8 byte pieces
-        character_coverage=0.9995,  # the rarest 0.05% of characters go to byte pieces
-        split_digits=True,  # numbers tokenise digit by digit
-        normalization_rule_name="identity",  # keep text as is (no NFKC) ...
-        remove_extra_whitespaces=False,  # ... and keep indentation: code is part of the corpus
-        add_dummy_prefix=False,  # so decode(encode(text)) == text exactly
-        allow_whitespace_only_pieces=True,
-        unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID, pad_id=PAD_ID,
-        max_sentence_length=max_sentence_length,
-        input_sentence_size=0,  # we sampled already
-        num_threads=num_threads or os.cpu_count() or 1,
-        minloglevel=2,
-    )  # fmt: skip
+    try:
+        _train_spm(sentences, model, vocab_size, max_sentence_length, num_threads)
+    except RuntimeError as e:  # e.g. "Vocabulary size is too high": the corpus is too small for vocab_size
+        raise DataError(f"{', '.join(map(str, files))}: SentencePiece training failed: {e}") from e
     data = model.getvalue()
     meta = {
         "format": "sentencepiece",

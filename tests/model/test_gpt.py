@@ -180,8 +180,8 @@ def test_alignment_is_reported_per_layer_and_scaled_by_accumulation():
     # The grad scale set by the trainer (1 / accumulation steps) scales the alignment gradient linearly.
     core = core_attention()
     core.mode = "sparse"
-    q = torch.randn(24, 1, 4, 32, requires_grad=True)
-    k, v = torch.randn(24, 1, 2, 32), torch.randn(24, 1, 2, 32)
+    q = torch.randn(64, 1, 4, 32, requires_grad=True)  # 8 blocks of 8, 3 selected: sparse differs from full
+    k, v = torch.randn(64, 1, 2, 32), torch.randn(64, 1, 2, 32)
     grads = []
     for scale in (1.0, 0.25):
         AttachAuxLoss.set_grad_scale(scale)
