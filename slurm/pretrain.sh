@@ -60,7 +60,7 @@ if [ -n "$PLAN" ]; then
     [ -n "${SLURM_ARRAY_TASK_ID:-}" ] || die "--plan needs a job array element (sbatch --array=K ...)"
     [ -f "$PLAN" ] || die "plan not found: $PLAN (write it with: ssa sweep plan GRID.yaml --out DIR)"
     # Element K of the plan: "CONFIG<TAB>RUN_DIR", both absolute (they are relative to the plan's folder).
-    entry=$("$PYTHON" -m ssa_pretrain.sweep.cli lookup "$PLAN" "$SLURM_ARRAY_TASK_ID") || exit 2
+    entry=$("$PYTHON" -m ssa_pretrain.cli sweep lookup "$PLAN" "$SLURM_ARRAY_TASK_ID") || exit 2
     IFS=$'\t' read -r CONFIG RUN_DIR <<<"$entry"
 fi
 [ -n "$CONFIG" ] || die "no config given; usage: sbatch slurm/pretrain.sh CONFIG [--run-dir DIR] [key=value ...]"

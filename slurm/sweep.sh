@@ -41,7 +41,7 @@ done
 [[ "$MAX_PARALLEL" =~ ^[1-9][0-9]*$ ]] || { echo "sweep.sh: --max-parallel must be >= 1" >&2; exit 2; }
 
 # 1. Plan: validates every run's config before anything is submitted (prints one line per run).
-"$PYTHON" -m ssa_pretrain.sweep.cli plan "$GRID" "${OVERRIDES[@]}" --out "$OUT"
+"$PYTHON" -m ssa_pretrain.cli sweep plan "$GRID" "${OVERRIDES[@]}" --out "$OUT"
 OUT=$(cd "$OUT" && pwd)
 N=$("$PYTHON" -c 'import json,sys; print(len(json.load(open(sys.argv[1]))["runs"]))' "$OUT/plan.json")
 mkdir -p "$OUT/logs"

@@ -27,11 +27,13 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from ssa_pretrain.errors import UserError
+
 LATEST = "latest"
 META = "meta.json"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint that cannot be resumed from; the message names it and the fix."""
 
 

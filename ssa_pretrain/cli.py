@@ -3,31 +3,27 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 from ssa_pretrain import train
 from ssa_pretrain.config import ConfigError, apply_overrides, build_config, read_yaml
 from ssa_pretrain.data.cli import add_data_commands
+from ssa_pretrain.errors import exits_on_user_error
 from ssa_pretrain.sweep.cli import add_sweep_commands
 
 
+@exits_on_user_error
 def params(args: argparse.Namespace) -> int:
     """Print the parameter count of a config's model (analytic; the tests check it against Megatron)."""
     from ssa_pretrain.model.gpt import count_parameters, padded_vocab_size
 
-    try:
-        data = apply_overrides(read_yaml(args.config), args.overrides)
-        data.setdefault("train", {"steps": 1})  # a model config alone has no training section; none is needed
-        cfg = build_config(data, source=args.config)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    data = apply_overrides(read_yaml(args.config), args.overrides)
+    data.setdefault("train", {"steps": 1})  # a model config alone has no training section; none is needed
+    cfg = build_config(data, source=args.config)
     vocab = args.vocab_size or cfg.model.vocab_size
     if vocab is None:
-        print(
-            "error: the config takes its vocabulary from the tokenizer; pass --vocab-size N", file=sys.stderr
-        )
-        return 2
+        raise ConfigError("the config takes its vocabulary from the tokenizer; pass --vocab-size N")
     padded = padded_vocab_size(vocab, cfg.model, 1)
     total = count_parameters(cfg.model, padded, cfg.ssa.output_gate)
     embedding = padded * cfg.model.hidden_size * (1 if cfg.model.tie_embeddings else 2)
@@ -64,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = train.parse_with_overrides(build_parser(), argv)
     return args.func(args)
 

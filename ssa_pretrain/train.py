@@ -13,9 +13,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from ssa_pretrain.checkpoint import CheckpointError
-from ssa_pretrain.config import ConfigError, load_config
-from ssa_pretrain.data.errors import DataError
+from ssa_pretrain.config import load_config
+from ssa_pretrain.errors import exits_on_user_error
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -27,27 +26,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
+@exits_on_user_error
 def run(args: argparse.Namespace) -> int:
-    """Train with parsed arguments.
+    """Train with parsed arguments. Bad input (config, data, checkpoint) exits with code 2 and its message; a
+    run that cannot go on (`TrainingError`) with code 1; neither prints a traceback."""
+    cfg = load_config(args.config, args.overrides)
+    from ssa_pretrain.trainer import Trainer, TrainingError  # heavy imports once the config is known good
 
-    Bad input (config, data, checkpoint) ends with its message and exit code 2, a run that cannot go on
-    (`TrainingError`) with exit code 1; neither prints a traceback.
-    """
+    trainer = Trainer(cfg, args.run_dir or Path("runs") / Path(args.config).stem)
     try:
-        cfg = load_config(args.config, args.overrides)
-        from ssa_pretrain.trainer import Trainer, TrainingError  # heavy imports once the config is known good
-
-        trainer = Trainer(cfg, args.run_dir or Path("runs") / Path(args.config).stem)
-        try:
-            trainer.train()
-        except TrainingError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 1
-        finally:
-            trainer.close()
-    except (ConfigError, DataError, CheckpointError) as err:
+        trainer.train()
+    except TrainingError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        return 1
+    finally:
+        trainer.close()
     return 0
 
 

@@ -103,6 +103,22 @@ def deepspeed_config(cfg: Config, dp: int, bf16: bool) -> dict[str, Any]:
     return ds
 
 
+def build_engine(cfg: Config, model: torch.nn.Module, dp: int, bf16: bool):
+    """The DeepSpeed engine around `model`: torch AdamW + warm-up/cosine schedule, ZeRO over data parallel."""
+    import deepspeed  # after the CPU shims: DeepSpeed picks its accelerator at import
+
+    optimizer = build_optimizer(model, cfg.train)
+    engine, *_ = deepspeed.initialize(
+        model=model,
+        optimizer=optimizer,
+        lr_scheduler=build_scheduler(optimizer, cfg.train),
+        config=deepspeed_config(cfg, dp, bf16),
+        mpu=MegatronMPU(),
+        dist_init_required=False,
+    )
+    return engine
+
+
 class Trainer:
     """Owns the process group, engine, data and run directory of one training run."""
 
@@ -138,8 +154,7 @@ class Trainer:
         self.vocab_size = cfg.model.vocab_size or self.tokenizer.vocab_size
         model = build_model(cfg, self.vocab_size)
         self.num_params = sum(p.numel() for p in model.parameters())  # this TP shard
-        optimizer = build_optimizer(model, cfg.train)
-        self.engine = self._build_engine(model, optimizer, build_scheduler(optimizer, cfg.train))
+        self.engine = build_engine(cfg, model, self.dp, self.bf16)
         self.model = self.engine.module
 
         dp_rank = parallel_state.get_data_parallel_rank()
@@ -166,20 +181,6 @@ class Trainer:
             signal.signal(sig, self._on_signal)
 
     # ---------------------------------------------------------------- setup
-
-    def _build_engine(self, model, optimizer, scheduler):
-        import deepspeed  # after the CPU shims: DeepSpeed picks its accelerator at import
-
-        ds_cfg = deepspeed_config(self.cfg, self.dp, self.bf16)
-        engine, *_ = deepspeed.initialize(
-            model=model,
-            optimizer=optimizer,
-            lr_scheduler=scheduler,
-            config=ds_cfg,
-            mpu=MegatronMPU(),
-            dist_init_required=False,
-        )
-        return engine
 
     def _meta(self) -> dict[str, Any]:
         return {

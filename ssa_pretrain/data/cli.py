@@ -4,22 +4,17 @@
     ssa data tokenizer corpus.jsonl.xz --out tok/ --vocab-size 32000
     ssa data shards corpus.jsonl.xz --tokenizer tok/ --out shards/ --seq-len 8192 --workers 16
 
-Also runs standalone: `python -m ssa_pretrain.data.cli prepare`. The top-level `ssa` command calls
-`add_data_commands(subparsers)`; each command stores its handler in `args.func`, which returns the exit status
-(1 with an `error: ...` line on a `DataError`).
+The top-level `ssa` command calls `add_data_commands(subparsers)`; each command stores its handler in
+`args.func`, which returns the exit status (2 with an `error: ...` line on a `DataError`).
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import json
-import logging
-import sys
-from collections.abc import Callable
 from pathlib import Path
 
-from ssa_pretrain.data.errors import DataError
+from ssa_pretrain.errors import exits_on_user_error
 
 DESCRIPTION = "Build training data: train a tokenizer, write packed shards, or prepare the bundled corpus."
 EXAMPLES = """examples:
@@ -31,24 +26,7 @@ INPUTS_HELP = (
 )
 
 
-def _reporting_data_errors(
-    command: Callable[[argparse.Namespace], int],
-) -> Callable[[argparse.Namespace], int]:
-    """A bad input ends the command with its message and exit status 1, not a traceback."""
-
-    @functools.wraps(command)
-    def run(args: argparse.Namespace) -> int:
-        logging.basicConfig(level=logging.INFO, format="%(message)s")
-        try:
-            return command(args)
-        except DataError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 1
-
-    return run
-
-
-@_reporting_data_errors
+@exits_on_user_error
 def _cmd_tokenizer(args: argparse.Namespace) -> int:
     from ssa_pretrain.data.tokenizer import Tokenizer, train_tokenizer
 
@@ -58,7 +36,7 @@ def _cmd_tokenizer(args: argparse.Namespace) -> int:
     return 0
 
 
-@_reporting_data_errors
+@exits_on_user_error
 def _cmd_shards(args: argparse.Namespace) -> int:
     from ssa_pretrain.data.shards import write_shards
 
@@ -75,7 +53,7 @@ def _cmd_shards(args: argparse.Namespace) -> int:
     return 0
 
 
-@_reporting_data_errors
+@exits_on_user_error
 def _cmd_prepare(args: argparse.Namespace) -> int:
     from ssa_pretrain.data.shards import prepare_default
 
@@ -138,16 +116,3 @@ def add_data_commands(subparsers: argparse._SubParsersAction) -> argparse.Argume
                                  formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     _add_commands(data.add_subparsers(dest="data_command", required=True, metavar="COMMAND"))
     return data
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m ssa_pretrain.data.cli COMMAND ...` (the same commands as `ssa data`)."""
-    parser = argparse.ArgumentParser(prog="ssa data", description=DESCRIPTION, epilog=EXAMPLES,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    _add_commands(parser.add_subparsers(dest="data_command", required=True, metavar="COMMAND"))
-    args = parser.parse_args(argv)
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -4,41 +4,26 @@
     ssa sweep status sweeps/ablation
     ssa sweep report sweeps/ablation
 
-Until `ssa` registers these, `python -m ssa_pretrain.sweep.cli plan|status|report ...` does the same.
+Registered under `ssa sweep` by `ssa_pretrain.cli`.
 `lookup PLAN.json K` prints element K's config and run directory (tab-separated) for slurm/pretrain.sh.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
-from ssa_pretrain.sweep.plan import SweepError, lookup, plan
+from ssa_pretrain.errors import exits_on_user_error
+from ssa_pretrain.sweep.plan import lookup, plan
 from ssa_pretrain.sweep.report import report
 from ssa_pretrain.sweep.status import last_submit_command, resubmit_command, status
 
 _STYLE = {"completed": "green", "running": "cyan", "stopped": "yellow", "pending": "dim",
           "failed": "bold red"}  # fmt: skip
-
-
-def _guarded(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """Bad input ends with its message and exit code 2, not a traceback (also when `ssa` calls it)."""
-
-    @functools.wraps(func)
-    def wrapper(args: argparse.Namespace) -> int:
-        try:
-            return func(args)
-        except SweepError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-
-    return wrapper
 
 
 def _format_params(params: dict) -> str:
@@ -110,7 +95,7 @@ def add_sweep_commands(subparsers: argparse._SubParsersAction) -> argparse.Argum
         "overrides", nargs="*", help="dotted overrides for every run (before --out), e.g. train.steps=100"
     )
     p.add_argument("--out", required=True, help="sweep directory (plan.json, runs/<name>/)")
-    p.set_defaults(func=_guarded(_cmd_plan))
+    p.set_defaults(func=exits_on_user_error(_cmd_plan))
     for name, func, text in (
         ("status", _cmd_status, "state of every run (status.json + Slurm)"),
         ("report", _cmd_report, "write report.md, report.csv and plots/*.png"),
@@ -118,20 +103,9 @@ def add_sweep_commands(subparsers: argparse._SubParsersAction) -> argparse.Argum
         p = sub.add_parser(name, help=text)
         p.add_argument("dir", help="sweep directory written by `ssa sweep plan`")
         p.add_argument("--no-slurm", action="store_true", help="do not ask Slurm for job states")
-        p.set_defaults(func=_guarded(func))
+        p.set_defaults(func=exits_on_user_error(func))
     p = sub.add_parser("lookup", help="config and run directory of array element K (for slurm/pretrain.sh)")
     p.add_argument("plan", help="OUT/plan.json")
     p.add_argument("index", type=int, help="array index K")
-    p.set_defaults(func=_guarded(_cmd_lookup))
+    p.set_defaults(func=exits_on_user_error(_cmd_lookup))
     return sweep
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="ssa")
-    add_sweep_commands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["sweep", *(sys.argv[1:] if argv is None else argv)])
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

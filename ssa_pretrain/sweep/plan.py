@@ -33,12 +33,13 @@ from typing import Any
 import yaml
 
 from ssa_pretrain.config import ConfigError, apply_overrides, build_config, dump_config, read_yaml
+from ssa_pretrain.errors import UserError
 
 PLAN_FILE = "plan.json"
 PLAN_VERSION = 1
 
 
-class SweepError(ValueError):
+class SweepError(UserError, ValueError):
     """A grid file or sweep directory that cannot be used; the message names it and the fix."""
 
 

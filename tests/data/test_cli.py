@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from ssa_pretrain.data.cli import add_data_commands, main
+from ssa_pretrain.cli import main as ssa_main
+from ssa_pretrain.data.cli import add_data_commands
 from ssa_pretrain.data.manifest import load_manifest
 
 
@@ -22,10 +23,11 @@ def test_add_data_commands():
 
 
 def test_tokenizer_then_shards(corpus, tmp_path, capsys):
-    assert main(["tokenizer", str(corpus), "--out", str(tmp_path / "tok"), "--vocab-size", "400"]) == 0
+    tokenizer = ["data", "tokenizer", str(corpus), "--out", str(tmp_path / "tok"), "--vocab-size", "400"]
+    assert ssa_main(tokenizer) == 0
     argv = ["shards", str(corpus), "--tokenizer", str(tmp_path / "tok"), "--out", str(tmp_path / "ds"),
             "--seq-len", "16", "--workers", "2", "--valid-fraction", "0.1"]  # fmt: skip
-    assert main(argv) == 0
+    assert ssa_main(["data", *argv]) == 0
     assert load_manifest(tmp_path / "ds" / "valid")["tokenizer"]["vocab_size"] == 400
-    assert main(argv) == 1  # exists: refused with a message, not a traceback
+    assert ssa_main(["data", *argv]) == 2  # exists: refused with a message, not a traceback
     assert "--overwrite" in capsys.readouterr().err

@@ -147,7 +147,7 @@ def test_preempted_job_saves_requeues_and_resumes_with_the_same_losses(
 
 def sweep_cli(*args: str, env: dict) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "ssa_pretrain.sweep.cli", *args],
+        [sys.executable, "-m", "ssa_pretrain.cli", "sweep", *args],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
 

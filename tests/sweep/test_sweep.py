@@ -10,9 +10,9 @@ import stat
 import pytest
 import yaml
 
+from ssa_pretrain.cli import main as ssa_main
 from ssa_pretrain.config import load_config
 from ssa_pretrain.sweep import SweepError, load_plan, plan, report, status
-from ssa_pretrain.sweep.cli import main as sweep_main
 from ssa_pretrain.sweep.plan import lookup
 from ssa_pretrain.sweep.status import resubmit_command
 from tests.helpers import REPO
@@ -217,9 +217,9 @@ def test_report_writes_table_csv_and_plots(tmp_path):
 
 
 def test_cli_plan_prints_one_line_per_run_and_bad_input_exits_2(tmp_path, capsys):
-    assert sweep_main(["plan", str(TINY_GRID), "train.steps=5", "--out", str(tmp_path / "sw")]) == 0
+    assert ssa_main(["sweep", "plan", str(TINY_GRID), "train.steps=5", "--out", str(tmp_path / "sw")]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 3 and lines[0].split()[:2] == ["0", "full"]
     assert all(r.config_sha256 for r in load_plan(tmp_path / "sw"))
-    assert sweep_main(["status", str(tmp_path / "nowhere")]) == 2
+    assert ssa_main(["sweep", "status", str(tmp_path / "nowhere")]) == 2
     assert "plan.json not found" in capsys.readouterr().err

@@ -1,0 +1,49 @@
+"""The model on CUDA (GPU machine: megatron-core 0.19, torch 2.11): the same logits as the CPU reference,
+in fp32 and bf16, and a finite forward+backward in every training mode. Skipped without CUDA."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ssa_pretrain.model.gpt import build_model, set_attention_mode
+from tests.helpers import tiny_config
+from tests.model.reference_lm import reference_logits
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
+    pytest.mark.usefixtures("megatron_world"),
+]
+VOCAB = 320
+
+
+@pytest.mark.parametrize("mode", ["full", "sparse"])
+@pytest.mark.parametrize(
+    ("dtype", "tolerance"), [(torch.float32, 2e-3), (torch.bfloat16, 6e-2)], ids=["fp32", "bf16"]
+)
+def test_gpu_logits_match_the_cpu_reference(mode, dtype, tolerance):
+    cfg = tiny_config("data.seq_len=256", "ssa.block_size=16", "ssa.block_count=4")
+    torch.manual_seed(0)
+    model = build_model(cfg, VOCAB).to(dtype).eval()
+    assert next(model.parameters()).is_cuda
+    tokens = torch.randint(0, VOCAB, (2, 256), generator=torch.Generator().manual_seed(1))
+    set_attention_mode(model, mode)
+    with torch.no_grad():
+        logits = model(tokens.cuda(), None, None)[..., :VOCAB].float().cpu()
+    expected = reference_logits(model.float().cpu(), cfg, tokens, mode)[..., :VOCAB]
+    torch.testing.assert_close(logits, expected, atol=tolerance, rtol=tolerance)
+
+
+@pytest.mark.parametrize("variant", ["full", "sparse", "ssa"])
+def test_gpu_bf16_training_step_is_finite(variant):
+    cfg = tiny_config("data.seq_len=512", "ssa.block_size=16", "ssa.block_count=4", f"ssa.variant={variant}")
+    model = build_model(cfg, VOCAB).bfloat16().train()
+    tokens = torch.randint(0, VOCAB, (2, 513), device="cuda")
+    for mode in ("full", "sparse"):
+        model.zero_grad(set_to_none=True)
+        set_attention_mode(model, mode)
+        loss = model(tokens[:, :-1], None, None, labels=tokens[:, 1:]).float().mean()
+        loss.backward()
+        assert torch.isfinite(loss)
+        assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
