@@ -110,9 +110,8 @@ trap 'forward TERM' TERM
 say "nodes=${SLURM_JOB_NODELIST:-?} tasks=${SLURM_NTASKS:-1} master=$MASTER_ADDR:$MASTER_PORT" \
     "device=${SSA_DEVICE:-gpu} config=$CONFIG run_dir=$RUN_DIR overrides=${ARGS[*]:-none}"
 TRAIN_LOG=$RUN_DIR/logs/train-$JOB$([ "$RESTART" = 0 ] || echo "-r$RESTART").log
-# LOCAL_RANK per task: DeepSpeed insists on it (torchrun sets it; srun has SLURM_LOCALID).
+# Each task reads its rank from SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID (ssa_pretrain/distributed.py).
 srun --kill-on-bad-exit=1 --label --output="$TRAIN_LOG" \
-    bash -c 'LOCAL_RANK=$SLURM_LOCALID exec "$@"' srun-task \
     "$PYTHON" -m ssa_pretrain.train --run-dir "$RUN_DIR" "$CONFIG" logging.progress=false "${ARGS[@]}" &
 SRUN_PID=$!
 # `wait` returns early (status > 128) when a trapped signal arrives; wait again until srun has exited.

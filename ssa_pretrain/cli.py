@@ -1,10 +1,11 @@
-"""The `ssa` command: `train`, `data ...`, `sweep ...`, `params`. `ssa COMMAND --help` documents each."""
+"""The `ssa` command: train, data, sweep, params, plot. `ssa COMMAND --help` documents each."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from ssa_pretrain import train
 from ssa_pretrain.config import ConfigError, apply_overrides, build_config, read_yaml
@@ -34,6 +35,15 @@ def params(args: argparse.Namespace) -> int:
     return 0
 
 
+def plot(args: argparse.Namespace) -> int:
+    """Plot training and validation loss of one or more run directories into one PNG."""
+    from ssa_pretrain.sweep.report import plot_loss_curves
+
+    plot_loss_curves(args.out, {Path(d).name: Path(d) for d in args.run_dirs})
+    print(f"wrote {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ssa", description="SSA pretraining stack: data, training, tools.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -53,6 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     params_cmd.add_argument("overrides", nargs="*", help="dotted overrides")
     params_cmd.set_defaults(func=params)
+
+    plot_cmd = commands.add_parser("plot", help="plot the loss curves of run directories into a PNG")
+    plot_cmd.add_argument("run_dirs", nargs="+", help="run directories (each with metrics.jsonl)")
+    plot_cmd.add_argument("--out", type=Path, required=True, help="PNG file to write")
+    plot_cmd.set_defaults(func=plot)
 
     add_data_commands(commands)
     add_sweep_commands(commands)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -23,7 +24,7 @@ import torch
 
 from ssa_pretrain import cpu_shims
 from ssa_pretrain.config import load_config
-from ssa_pretrain.distributed import init_distributed
+from ssa_pretrain.distributed import init_distributed, shutdown
 from ssa_pretrain.metrics import flops_per_token, peak_flops
 from ssa_pretrain.model.alignment import AttachAuxLoss
 from ssa_pretrain.model.gpt import build_model, set_attention_mode
@@ -81,6 +82,11 @@ def measure(config: str, variant: str, seq_len: int, micro_batch: int, vocab: in
     return result
 
 
+def _git_commit() -> str:
+    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return git.stdout.strip()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -106,9 +112,8 @@ def main() -> None:
     common = {
         "device": torch.cuda.get_device_name(),
         "date": datetime.date.today().isoformat(),
-        "git": subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-        ).stdout.strip(),
+        # .git does not travel to a lent GPU machine: GIT_COMMIT=... names the tree there
+        "git": os.environ.get("GIT_COMMIT") or _git_commit(),
         "config": args.model,
     }
     rows = [
@@ -125,6 +130,7 @@ def main() -> None:
     if args.out:
         with args.out.open("a") as f:
             f.writelines(json.dumps(r) + "\n" for r in rows)
+    shutdown()
 
 
 if __name__ == "__main__":

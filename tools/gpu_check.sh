@@ -15,7 +15,7 @@ python3 -c "import torch, triton, megatron.core, deepspeed, transformers, sys; p
 'torch', torch.__version__, 'triton', triton.__version__, 'megatron-core', megatron.core.__version__, \
 'deepspeed', deepspeed.__version__, 'gpu', torch.cuda.get_device_name())" | tee "$OUT/versions.txt"
 
-python3 -m pytest -q -m gpu tests/ -p no:cacheprovider 2>&1 | tail -n 25 | tee "$OUT/gpu_tests.txt"
+python3 -m pytest -q -m gpu ${GPU_TESTS:-tests/} -p no:cacheprovider 2>&1 | tail -n 25 | tee "$OUT/gpu_tests.txt"
 
 ssa data prepare --out /tmp/data > /dev/null
 ssa train configs/train/tiny-cpu.yaml --run-dir /tmp/run-tiny data.dir=/tmp/data train.steps=200 \

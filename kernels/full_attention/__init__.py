@@ -2,8 +2,10 @@
 
 import torch
 
+from ..backends import warn_once
 from ..utils import check_qkv
 from .naive import naive_full_attention
+from .sdpa import sdpa_full_attention
 
 __all__ = ["full_attention", "naive_full_attention"]
 
@@ -27,5 +29,13 @@ def full_attention(
         lse: `[B, TQ, HQ]` fp32 natural log-sum-exp of the scaled logits (fp64 for fp64 inputs).
     """
     check_qkv(q, k, v, same_length=causal)
-    # Dispatch point: flash-attn / cuDNN SDPA / Triton get chosen here for CUDA tensors; reference for now.
+    # Dispatch point: fused SDPA on CUDA (cuDNN, else flash; memory-efficient for fp32), else reference.
+    if q.device.type == "cuda":
+        if q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+            warn_once(f"full_attention:{q.dtype}", f"full_attention: no fused {q.dtype} kernel; reference")
+        else:
+            try:
+                return sdpa_full_attention(q, k, v, causal, scale)
+            except NotImplementedError as error:
+                warn_once(f"full_attention:{error}", f"full_attention: {error}; using the PyTorch reference")
     return naive_full_attention(q, k, v, causal, scale)

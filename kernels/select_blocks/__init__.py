@@ -2,8 +2,12 @@
 
 import torch
 
+from ..backends import HAS_TRITON, use_triton
 from ..utils import check_positive, check_qkv
 from .naive import naive_select_blocks
+
+if HAS_TRITON:
+    from .parallel import parallel_select_blocks
 
 __all__ = ["naive_select_blocks", "select_blocks"]
 
@@ -32,5 +36,7 @@ def select_blocks(
     """
     check_qkv(q, k, None, same_length=True)
     check_positive(block_size=block_size, block_count=block_count)
-    # Dispatch point: a CUDA kernel will be chosen here; the reference serves every device for now.
+    # Dispatch point: Triton on CUDA (fp16/bf16/fp32); the reference on CPU and where the kernel cannot.
+    if use_triton("select_blocks", q):
+        return parallel_select_blocks(q, k, block_size, block_count, scale)
     return naive_select_blocks(q, k, block_size, block_count, scale)

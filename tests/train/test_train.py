@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from ssa_pretrain.cli import main as ssa_main
 from tests.helpers import REPO, read_metrics, train_command
 
 FAST = [
@@ -50,7 +51,7 @@ def losses(run_dir) -> list[float]:
 
 
 def test_trains_writes_metrics_checkpoint_and_config(tiny_data, tmp_path):
-    run(tmp_path / "run", tiny_data, "train.steps=8")
+    run(tmp_path / "run", tiny_data, "train.steps=8", "train.save_interval=2", "train.keep_last=2")
     metrics = read_metrics(tmp_path / "run")
     assert [m["step"] for m in metrics] == list(range(1, 9))
     assert {"loss", "ce", "align", "mode", "lr", "grad_norm", "tokens_per_s", "peak_mem_gib"} <= metrics[
@@ -59,8 +60,12 @@ def test_trains_writes_metrics_checkpoint_and_config(tiny_data, tmp_path):
     assert {"val_loss_full", "val_loss_sparse"} <= metrics[3].keys() and "val_loss_full" in metrics[-1]
     assert metrics[-1]["ce"] < metrics[0]["ce"]
     assert (tmp_path / "run/checkpoints/latest").read_text() == "step-000008"
+    kept = sorted(p.name for p in (tmp_path / "run/checkpoints").glob("step-*"))
+    assert kept == ["step-000006", "step-000008"]  # keep_last=2
     assert json.loads((tmp_path / "run/status.json").read_text())["state"] == "completed"
     assert "seq_len: 64" in (tmp_path / "run/config.yaml").read_text()
+    assert ssa_main(["plot", str(tmp_path / "run"), "--out", str(tmp_path / "loss.png")]) == 0
+    assert (tmp_path / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_resume_after_signal_repeats_the_uninterrupted_losses(tiny_data, tmp_path):
@@ -88,8 +93,17 @@ def test_resume_after_signal_repeats_the_uninterrupted_losses(tiny_data, tmp_pat
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize("layout", [[], ["parallel.tp=2"]], ids=["dp2", "tp2"])
-@pytest.mark.parametrize("ratio", ["0.0", "1.0"], ids=["sparse", "full"])
+@pytest.mark.parametrize(
+    ("ratio", "layout"),
+    [
+        ("0.0", []),
+        ("1.0", []),
+        ("0.0", ["train.deepspeed_config=configs/deepspeed/zero2.json"]),
+        ("0.0", ["parallel.tp=2"]),
+        ("1.0", ["parallel.tp=2"]),
+    ],
+    ids=["dp2-sparse", "dp2-full", "dp2-zero2", "tp2-sparse", "tp2-full"],
+)
 def test_two_ranks_equal_one(tiny_data, tmp_path, ratio, layout):
     """Same global batch on 2 ranks as on 1: data parallel (micro 2, no accumulation, vs micro 2 with two
     accumulation steps) or tensor parallel (heads and MLP sharded). With full_ratio 0 / 1 every micro-step

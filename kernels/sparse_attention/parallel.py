@@ -1,0 +1,379 @@
+"""Triton sparse attention over the blocks chosen by `select_blocks`, forward and backward, GQA-aware.
+
+Forward and dq: one program per (token, kv head); its rows are the `G` query heads of the group (padded to 16
+for the tensor cores), so each selected key/value block is loaded once per group. dk/dv: one program per
+(key block, kv head) walks a reverse index (block -> the tokens that selected it, in token order), so the
+backward writes every gradient element exactly once: no atomics, deterministic.
+"""
+
+import torch
+
+from ..backends import tl, triton
+
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def sparse_fwd_kernel(
+    q,  # [B, T, HQ, D]
+    k,  # [B, T, HKV, D]
+    v,  # [B, T, HKV, D]
+    idx,  # [B, T, HKV, NS] int32
+    o,  # [B, T, HQ, D]
+    lse,  # [B, T, HQ] fp32
+    T,
+    scale_log2,
+    HKV: tl.constexpr,
+    G: tl.constexpr,
+    GP: tl.constexpr,
+    D: tl.constexpr,
+    DP: tl.constexpr,
+    BS: tl.constexpr,
+    NS: tl.constexpr,
+    BKV: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """Grid `(T, B * HKV)`: token `t` attends to the visible keys of its `NS` selected blocks."""
+    t = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b, h = pid_bh // HKV, pid_bh % HKV
+    head = tl.arange(0, GP)
+    d = tl.arange(0, DP)
+    row_ok = head < G
+    d_ok = d < D
+    bt = (b * T + t).to(tl.int64)
+    q_rows = (bt * HKV * G + h * G + head) * D  # [GP]
+    qt = tl.load(q + q_rows[:, None] + d[None, :], mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+    m = tl.full([GP], float("-inf"), tl.float32)
+    acc_l = tl.zeros([GP], tl.float32)
+    acc = tl.zeros([GP, DP], tl.float32)
+    for n0 in range(0, NS * BS, BKV):
+        n = n0 + tl.arange(0, BKV)  # position within the concatenated selected blocks
+        blk = tl.load(idx + (bt * HKV + h) * NS + n // BS, mask=n < NS * BS, other=-1)
+        pos = blk * BS + n % BS
+        ok = (blk >= 0) & (pos <= t)  # [BKV]
+        kv_rows = ((b * T + pos).to(tl.int64) * HKV + h) * D
+        kt = tl.load(k + kv_rows[:, None] + d[None, :], mask=ok[:, None] & d_ok[None, :], other=0.0)
+        vt = tl.load(v + kv_rows[:, None] + d[None, :], mask=ok[:, None] & d_ok[None, :], other=0.0)
+        s = tl.dot(qt, tl.trans(kt), input_precision=PRECISION) * scale_log2  # [GP, BKV]
+        s = tl.where(ok[None, :], s, float("-inf"))
+        m_new = tl.maximum(m, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.exp2(s - m_safe[:, None])
+        alpha = tl.exp2(m - m_safe)
+        acc_l = acc_l * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), vt, input_precision=PRECISION)
+        m = m_new
+    empty = acc_l == 0.0  # no visible key: o = 0, lse = -inf
+    out = acc / tl.where(empty, 1.0, acc_l)[:, None]
+    tl.store(
+        o + q_rows[:, None] + d[None, :], out.to(o.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :]
+    )
+    row_lse = tl.where(empty, float("-inf"), (m + tl.log2(tl.where(empty, 1.0, acc_l))) * 0.6931471805599453)
+    tl.store(lse + bt * HKV * G + h * G + head, row_lse, mask=row_ok)
+
+
+@triton.jit
+def sparse_bwd_dq_kernel(
+    q,  # [B, T, HQ, D]
+    k,  # [B, T, HKV, D]
+    v,  # [B, T, HKV, D]
+    idx,  # [B, T, HKV, NS] int32
+    do,  # [B, T, HQ, D]
+    lse,  # [B, T, HQ] fp32
+    delta,  # [B, T, HQ] fp32: rowsum(do * o) - dlse
+    dq,  # [B, T, HQ, D]
+    T,
+    scale,
+    HKV: tl.constexpr,
+    G: tl.constexpr,
+    GP: tl.constexpr,
+    D: tl.constexpr,
+    DP: tl.constexpr,
+    BS: tl.constexpr,
+    NS: tl.constexpr,
+    BKV: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """Grid `(T, B * HKV)`: `dq = scale * sum_s p (dp - delta) k_s` over the visible selected keys."""
+    t = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b, h = pid_bh // HKV, pid_bh % HKV
+    head = tl.arange(0, GP)
+    d = tl.arange(0, DP)
+    row_ok = head < G
+    d_ok = d < D
+    bt = (b * T + t).to(tl.int64)
+    q_rows = (bt * HKV * G + h * G + head) * D  # [GP]
+    io_mask = row_ok[:, None] & d_ok[None, :]
+    qt = tl.load(q + q_rows[:, None] + d[None, :], mask=io_mask, other=0.0)
+    dot = tl.load(do + q_rows[:, None] + d[None, :], mask=io_mask, other=0.0)
+    lse2 = tl.load(lse + bt * HKV * G + h * G + head, mask=row_ok, other=0.0) * 1.4426950408889634
+    dlt = tl.load(delta + bt * HKV * G + h * G + head, mask=row_ok, other=0.0)
+    acc = tl.zeros([GP, DP], tl.float32)
+    for n0 in range(0, NS * BS, BKV):
+        n = n0 + tl.arange(0, BKV)
+        blk = tl.load(idx + (bt * HKV + h) * NS + n // BS, mask=n < NS * BS, other=-1)
+        pos = blk * BS + n % BS
+        ok = (blk >= 0) & (pos <= t)
+        kv_rows = ((b * T + pos).to(tl.int64) * HKV + h) * D
+        kt = tl.load(k + kv_rows[:, None] + d[None, :], mask=ok[:, None] & d_ok[None, :], other=0.0)
+        vt = tl.load(v + kv_rows[:, None] + d[None, :], mask=ok[:, None] & d_ok[None, :], other=0.0)
+        s = tl.dot(qt, tl.trans(kt), input_precision=PRECISION) * (scale * 1.4426950408889634)
+        p = tl.where(ok[None, :], tl.exp2(s - lse2[:, None]), 0.0)  # [GP, BKV]
+        dp = tl.dot(dot, tl.trans(vt), input_precision=PRECISION)
+        ds = p * (dp - dlt[:, None])
+        acc += tl.dot(ds.to(kt.dtype), kt, input_precision=PRECISION)
+    tl.store(dq + q_rows[:, None] + d[None, :], (acc * scale).to(dq.dtype.element_ty), mask=io_mask)
+
+
+@triton.jit
+def sparse_bwd_dkdv_kernel(
+    q,  # [B, T, HQ, D]
+    k,  # [B, T, HKV, D]
+    v,  # [B, T, HKV, D]
+    do,  # [B, T, HQ, D]
+    lse,  # [B, T, HQ] fp32
+    delta,  # [B, T, HQ] fp32
+    rev_tokens,  # [E] int32: tokens that selected each (batch, kv head, block), grouped, ascending
+    rev_offsets,  # [B * HKV * NBA + 1] int32: group boundaries in rev_tokens
+    dk,  # [B, T, HKV, D]
+    dv,  # [B, T, HKV, D]
+    T,
+    NBA,
+    scale,
+    HKV: tl.constexpr,
+    G: tl.constexpr,
+    GP: tl.constexpr,
+    D: tl.constexpr,
+    DP: tl.constexpr,
+    BS: tl.constexpr,
+    BSP: tl.constexpr,
+    BT: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """Grid `(NBA, B * HKV)`: block `j`'s keys accumulate dk, dv over the (token, head) rows that saw them."""
+    j = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b, h = pid_bh // HKV, pid_bh % HKV
+    d = tl.arange(0, DP)
+    d_ok = d < D
+    pos = j * BS + tl.arange(0, BSP)  # [BSP]
+    key_ok = (pos < T) & (tl.arange(0, BSP) < BS)
+    kv_rows = ((b * T + pos).to(tl.int64) * HKV + h) * D
+    kv_mask = key_ok[:, None] & d_ok[None, :]
+    kb = tl.load(k + kv_rows[:, None] + d[None, :], mask=kv_mask, other=0.0)
+    vb = tl.load(v + kv_rows[:, None] + d[None, :], mask=kv_mask, other=0.0)
+    dk_acc = tl.zeros([BSP, DP], tl.float32)
+    dv_acc = tl.zeros([BSP, DP], tl.float32)
+    rows = tl.arange(0, BT * GP)
+    head = rows % GP
+    start = tl.load(rev_offsets + pid_bh * NBA + j)
+    end = tl.load(rev_offsets + pid_bh * NBA + j + 1)
+    for e0 in range(start, end, BT):
+        e = e0 + rows // GP  # [R] entry of each (token, head) row
+        row_ok = (e < end) & (head < G)
+        tok = tl.load(rev_tokens + e, mask=e < end, other=0)
+        hq = ((b * T + tok).to(tl.int64) * HKV + h) * G + head  # [R] flat (token, query head)
+        q_mask = row_ok[:, None] & d_ok[None, :]
+        qt = tl.load(q + hq[:, None] * D + d[None, :], mask=q_mask, other=0.0)
+        dot = tl.load(do + hq[:, None] * D + d[None, :], mask=q_mask, other=0.0)
+        lse2 = tl.load(lse + hq, mask=row_ok, other=0.0) * 1.4426950408889634
+        dlt = tl.load(delta + hq, mask=row_ok, other=0.0)
+        s = tl.dot(qt, tl.trans(kb), input_precision=PRECISION) * (scale * 1.4426950408889634)  # [R, BSP]
+        seen = row_ok[:, None] & key_ok[None, :] & (pos[None, :] <= tok[:, None])
+        p = tl.where(seen, tl.exp2(s - lse2[:, None]), 0.0)
+        dv_acc += tl.dot(tl.trans(p.to(dot.dtype)), dot, input_precision=PRECISION)
+        dp = tl.dot(dot, tl.trans(vb), input_precision=PRECISION)
+        ds = p * (dp - dlt[:, None])
+        dk_acc += tl.dot(tl.trans(ds.to(qt.dtype)), qt, input_precision=PRECISION)
+    tl.store(dk + kv_rows[:, None] + d[None, :], (dk_acc * scale).to(dk.dtype.element_ty), mask=kv_mask)
+    tl.store(dv + kv_rows[:, None] + d[None, :], dv_acc.to(dv.dtype.element_ty), mask=kv_mask)
+
+
+def _tiles(q: torch.Tensor, k: torch.Tensor, block_size: int) -> dict[str, int | str]:
+    """Compile-time sizes shared by the three kernels for q `[B, T, HQ, D]`, k `[B, T, HKV, D]`."""
+    group = q.shape[2] // k.shape[2]
+    return {
+        "HKV": k.shape[2],
+        "G": group,
+        "GP": max(16, triton.next_power_of_2(group)),  # rows of a tensor-core tile
+        "D": q.shape[3],
+        "DP": max(16, triton.next_power_of_2(q.shape[3])),
+        "BS": block_size,
+        "PRECISION": "ieee" if q.dtype == torch.float32 else "tf32",
+    }
+
+
+def sparse_attention_fwd(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, indices: torch.Tensor, block_size: int, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Launch `sparse_fwd_kernel`.
+
+    Args:
+        q: `[B, T, HQ, D]`, k/v: `[B, T, HKV, D]` contiguous, one dtype.
+        indices: `[B, T, HKV, NS]` int32 contiguous.
+
+    Returns:
+        o: `[B, T, HQ, D]` in `q.dtype`; lse: `[B, T, HQ]` fp32.
+    """
+    batch, seq_len, num_heads, _ = q.shape
+    o = torch.empty_like(q)
+    lse = torch.empty(batch, seq_len, num_heads, dtype=torch.float32, device=q.device)
+    slots = indices.shape[3]
+    sparse_fwd_kernel[(seq_len, batch * k.shape[2])](
+        q=q,
+        k=k,
+        v=v,
+        idx=indices,
+        o=o,
+        lse=lse,
+        T=seq_len,
+        scale_log2=scale * LOG2E,
+        NS=slots,
+        BKV=max(16, min(64, triton.next_power_of_2(slots * block_size))),
+        **_tiles(q, k, block_size),
+        num_warps=4,
+    )
+    return o, lse
+
+
+def reverse_index(indices: torch.Tensor, block_size: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """For every (batch, kv head, key block): the tokens that selected it and can see part of it.
+
+    Args:
+        indices: `[B, T, HKV, NS]` block indices, `-1` = unused.
+
+    Returns:
+        tokens: `[E]` int32, grouped by (batch, kv head, block), ascending token within a group.
+        offsets: `[B * HKV * NBA + 1]` int32; group `g` is `tokens[offsets[g]:offsets[g + 1]]`.
+        NBA: `ceil(T / block_size)`, the blocks that hold keys.
+    """
+    batch, seq_len, num_kv_heads, _ = indices.shape
+    num_blocks = triton.cdiv(seq_len, block_size)
+    blk = indices.long()
+    t = torch.arange(seq_len, device=indices.device)[None, :, None, None]
+    seen = (blk >= 0) & (blk * block_size <= t)  # a block starting after t adds nothing
+    b = torch.arange(batch, device=indices.device)[:, None, None, None]
+    h = torch.arange(num_kv_heads, device=indices.device)[None, None, :, None]
+    groups = batch * num_kv_heads * num_blocks
+    group = torch.where(seen, (b * num_kv_heads + h) * num_blocks + blk, groups)  # [B, T, HKV, NS]
+    group, order = group.flatten().sort(stable=True)  # flat order is token-major: tokens stay ascending
+    count = int(seen.sum())
+    tokens = t.expand_as(blk).flatten()[order[:count]].to(torch.int32)
+    offsets = torch.zeros(groups + 1, dtype=torch.int32, device=indices.device)
+    offsets[1:] = torch.bincount(group[:count], minlength=groups).cumsum(0)
+    return tokens, offsets, num_blocks
+
+
+def sparse_attention_bwd(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    indices: torch.Tensor,
+    o: torch.Tensor,
+    lse: torch.Tensor,
+    do: torch.Tensor,
+    dlse: torch.Tensor | None,
+    block_size: int,
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Launch the dq and dk/dv kernels.
+
+    Args:
+        q, o, do: `[B, T, HQ, D]`; k, v: `[B, T, HKV, D]`; indices: `[B, T, HKV, NS]` int32.
+        lse: `[B, T, HQ]` fp32 from the forward; dlse: its gradient or None.
+
+    Returns:
+        dq `[B, T, HQ, D]`, dk and dv `[B, T, HKV, D]`, in the input dtype.
+    """
+    batch, seq_len = q.shape[:2]
+    delta = (o.float() * do.float()).sum(-1)  # [B, T, HQ]
+    if dlse is not None:  # d lse / d logit = p: it enters as ds = p (dp - delta + dlse)
+        delta = delta - dlse.float()
+    tiles = _tiles(q, k, block_size)
+    slots = indices.shape[3]
+    dq = torch.empty_like(q)
+    sparse_bwd_dq_kernel[(seq_len, batch * k.shape[2])](
+        q=q,
+        k=k,
+        v=v,
+        idx=indices,
+        do=do,
+        lse=lse,
+        delta=delta,
+        dq=dq,
+        T=seq_len,
+        scale=scale,
+        NS=slots,
+        BKV=max(16, min(64, triton.next_power_of_2(slots * block_size))),
+        **tiles,
+        num_warps=4,
+    )
+    tokens, offsets, num_blocks = reverse_index(indices, block_size)
+    dk, dv = torch.empty_like(k), torch.empty_like(v)
+    sparse_bwd_dkdv_kernel[(num_blocks, batch * k.shape[2])](
+        q=q,
+        k=k,
+        v=v,
+        do=do,
+        lse=lse,
+        delta=delta,
+        rev_tokens=tokens,
+        rev_offsets=offsets,
+        dk=dk,
+        dv=dv,
+        T=seq_len,
+        NBA=num_blocks,
+        scale=scale,
+        BSP=max(16, triton.next_power_of_2(block_size)),
+        BT=max(1, 64 // tiles["GP"]),
+        **tiles,
+        num_warps=4,
+    )
+    return dq, dk, dv
+
+
+class SparseAttentionFunction(torch.autograd.Function):
+    """Autograd of the Triton sparse attention; gradients for `o` and `lse`, none for the indices."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, indices, block_size, scale):  # type: ignore[override]
+        """q `[B, T, HQ, D]`, k/v `[B, T, HKV, D]`, indices `[B, T, HKV, NS]` -> o, lse."""
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+        indices = indices.to(torch.int32).contiguous()
+        o, lse = sparse_attention_fwd(q, k, v, indices, block_size, scale)
+        ctx.save_for_backward(q, k, v, indices, o, lse)
+        ctx.block_size, ctx.scale = block_size, scale
+        ctx.set_materialize_grads(False)
+        return o, lse
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, do, dlse):  # type: ignore[override]
+        """do `[B, T, HQ, D]` (or None), dlse `[B, T, HQ]` (or None) -> dq, dk, dv."""
+        q, k, v, indices, o, lse = ctx.saved_tensors
+        do = torch.zeros_like(o) if do is None else do.contiguous()
+        dq, dk, dv = sparse_attention_bwd(q, k, v, indices, o, lse, do, dlse, ctx.block_size, ctx.scale)
+        return dq, dk, dv, None, None, None
+
+
+def parallel_sparse_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    indices: torch.Tensor,
+    block_size: int,
+    scale: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Triton twin of `naive_sparse_attention` (same arguments and results; inputs checked by the caller).
+
+    Args:
+        q: `[B, T, HQ, D]` fp16/bf16/fp32; k, v: `[B, T, HKV, D]`.
+        indices: `[B, T, HKV, NS]` int32/int64 block indices, `-1` = unused.
+
+    Returns:
+        o: `[B, T, HQ, D]` in `q.dtype`; lse: `[B, T, HQ]` fp32.
+    """
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    return SparseAttentionFunction.apply(q, k, v, indices, block_size, scale)

@@ -1,0 +1,115 @@
+"""Triton kernels under the interpreter on CPU, against the references; run by test_interpreter.py.
+
+`TRITON_INTERPRET=1` must be set before triton is first imported, so these cases run in a child process
+(`python -m tests.kernels.interpreter_cases`) that prints one JSON line `{case: error or null}`. Shapes are
+tiny: the interpreter executes every program instance in Python.
+"""
+
+import json
+import os
+import traceback
+from collections.abc import Callable
+
+import torch
+
+from tests.kernels.helpers import SHAPES, Shape, assert_close
+
+# (name, shape): few, small, covering GQA 1/2/16, ragged lengths, batch > 1, D not a power of two
+SELECT_CASES = ["g1-B2-T37-bs4-k3", "g16-T100-bs4-k8", "g2-B2-T37-bs16-k8-more-than-exist"]
+SPARSE_CASES = {
+    "g1-B2-T37-bs4-k3": SHAPES["g1-B2-T37-bs4-k3"],
+    "g16-T40-bs4-k8": Shape(1, 40, 16, 1, 8, 4, 8),
+    "g3-T50-d20-bs8-k3": Shape(1, 50, 6, 2, 20, 8, 3),
+}
+
+
+def poison_empty() -> None:
+    """Make `torch.empty` / `torch.empty_like` fill NaN (floats) or -7 (integers): unwritten output shows."""
+    empty, empty_like = torch.empty, torch.empty_like
+
+    def fill(x: torch.Tensor) -> torch.Tensor:
+        return x.fill_(float("nan") if x.is_floating_point() else -7)
+
+    torch.empty = lambda *a, **kw: fill(empty(*a, **kw))
+    torch.empty_like = lambda *a, **kw: fill(empty_like(*a, **kw))
+
+
+def select_case(shape: Shape) -> None:
+    """Triton selection (public op, dispatched under the interpreter) equals the fp32 reference exactly."""
+    from ssa_kernels import select_blocks
+    from ssa_kernels.select_blocks import naive_select_blocks
+
+    q = torch.randn(shape.batch, shape.seq_len, shape.heads, shape.dim)
+    k = torch.randn(shape.batch, shape.seq_len, shape.kv_heads, shape.dim)
+    out = select_blocks(q, k, shape.block_size, shape.block_count)
+    ref = naive_select_blocks(q, k, shape.block_size, shape.block_count)
+    assert torch.equal(out, ref), f"{(out != ref).sum()} indices differ"
+
+
+def tie_case() -> None:
+    """Equal scores rank the lower block first (every block holds the same keys)."""
+    from ssa_kernels.select_blocks.parallel import parallel_select_blocks
+
+    block_size, block_count, seq_len = 4, 5, 30
+    block = torch.randint(-3, 4, (1, block_size, 2, 8)).float()
+    k = block.repeat(1, seq_len // block_size + 1, 1, 1)[:, :seq_len]
+    q = torch.randint(-3, 4, (1, seq_len, 8, 8)).float()
+    out = parallel_select_blocks(q, k, block_size, block_count)
+    for t in range(seq_len):
+        own = t // block_size
+        past = list(range(min(own, block_count - 1)))
+        expected = [own, *past] + [-1] * (block_count - 1 - len(past))
+        assert out[0, t].tolist() == [expected, expected], f"t={t}: {out[0, t].tolist()}"
+
+
+def sparse_case(shape: Shape) -> None:
+    """Triton sparse attention: o, lse and all three gradients (through o and lse) match the reference."""
+    from ssa_kernels import sparse_attention
+    from ssa_kernels.select_blocks import naive_select_blocks
+    from ssa_kernels.sparse_attention import naive_sparse_attention
+
+    q = torch.randn(shape.batch, shape.seq_len, shape.heads, shape.dim, requires_grad=True)
+    k, v = (
+        torch.randn(shape.batch, shape.seq_len, shape.kv_heads, shape.dim, requires_grad=True)
+        for _ in range(2)
+    )
+    indices = naive_select_blocks(q, k, shape.block_size, shape.block_count)
+    o, lse = sparse_attention(q, k, v, indices, shape.block_size)
+    ref_o, ref_lse = naive_sparse_attention(q, k, v, indices, shape.block_size)
+    do, dlse = torch.randn_like(o), torch.randn_like(lse)
+    grads = torch.autograd.grad((o * do).sum() + (lse * dlse).sum(), (q, k, v))
+    ref_grads = torch.autograd.grad((ref_o * do).sum() + (ref_lse * dlse).sum(), (q, k, v))
+    names = ("o", "lse", "dq", "dk", "dv")
+    for name, ref, out in zip(names, (ref_o, ref_lse, *ref_grads), (o, lse, *grads), strict=True):
+        assert_close(name, ref, out, 1e-5, 1e-5)
+
+
+def cases() -> dict[str, Callable[[], None]]:
+    """Every case by name."""
+    found: dict[str, Callable[[], None]] = {
+        f"select-{n}": lambda n=n: select_case(SHAPES[n]) for n in SELECT_CASES
+    }
+    found["select-tie-rule"] = tie_case
+    found.update({f"sparse-{n}": lambda s=s: sparse_case(s) for n, s in SPARSE_CASES.items()})
+    return found
+
+
+def main() -> None:
+    assert os.environ.get("TRITON_INTERPRET") == "1", "run with TRITON_INTERPRET=1"
+    import warnings
+
+    warnings.filterwarnings("ignore", category=RuntimeWarning)  # numpy's log2(0) inside the interpreter
+    poison_empty()
+    results = {}
+    for name, case in cases().items():
+        torch.manual_seed(0)
+        try:
+            case()
+            results[name] = None
+        except Exception:  # report every failure to the parent test, one per case
+            results[name] = traceback.format_exc()
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,185 @@
+"""The CUDA paths (Triton select/sparse, fused SDPA full attention) against the references, on random bf16.
+
+Every output buffer the kernels allocate is poisoned (NaN, or -7 for integers) first, so an element a kernel
+fails to write shows up as NaN or a wrong index. Tolerances are relative norms `‖out - ref‖ / ‖ref‖` against
+the fp32 reference run on the same bf16 inputs: 1e-2 for outputs, 2e-2 for gradients (bf16 products and a
+bf16 output rounding, ~4e-3 each), 1e-4 for fp32 inputs.
+"""
+
+from collections.abc import Iterator
+
+import pytest
+import torch
+from ssa_kernels import full_attention, select_blocks, sparse_attention
+from ssa_kernels.full_attention import naive_full_attention
+from ssa_kernels.select_blocks import naive_select_blocks
+from ssa_kernels.select_blocks.naive import block_means, block_scores
+from ssa_kernels.sparse_attention import naive_sparse_attention
+
+from tests.kernels.helpers import Shape, assert_rel_close
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
+]
+
+# GQA 1/2/16, head dims 64 and 128, lengths off the block and tile grids, batch > 1, long enough for several
+# score tiles in the selection (T = 4099: 256 blocks)
+GPU_SHAPES = {
+    "g1-B2-T300-d64-k8": Shape(2, 300, 4, 4, 64, 16, 8),
+    "g2-T1000-d128-k16": Shape(1, 1000, 4, 2, 128, 16, 16),
+    "g16-B2-T517-d64-k16": Shape(2, 517, 32, 2, 64, 16, 16),
+    "g16-T777-d128-k16": Shape(1, 777, 16, 1, 128, 16, 16),
+    "g4-T203-d64-bs4-k7": Shape(1, 203, 8, 2, 64, 4, 7),
+    "g2-T100-d64-k1-own-block-only": Shape(1, 100, 4, 2, 64, 16, 1),
+    "g16-T4099-d64-k16": Shape(1, 4099, 32, 2, 64, 16, 16),
+}
+
+
+@pytest.fixture
+def poison(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """`torch.empty` / `torch.empty_like` return NaN-filled (float) or -7-filled (integer) tensors."""
+    empty, empty_like = torch.empty, torch.empty_like
+
+    def fill(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():  # also for tensors created with requires_grad=True
+            return x.fill_(float("nan") if x.is_floating_point() else -7)
+
+    monkeypatch.setattr(torch, "empty", lambda *a, **kw: fill(empty(*a, **kw)))
+    monkeypatch.setattr(torch, "empty_like", lambda *a, **kw: fill(empty_like(*a, **kw)))
+    yield
+
+
+def random_inputs(shape: Shape, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q `[B, T, HQ, D]`, k/v `[B, T, HKV, D]` on CUDA, requiring grad."""
+    q = torch.randn(shape.batch, shape.seq_len, shape.heads, shape.dim, device="cuda", dtype=dtype)
+    k, v = (
+        torch.randn(shape.batch, shape.seq_len, shape.kv_heads, shape.dim, device="cuda", dtype=dtype)
+        for _ in range(2)
+    )
+    return q.requires_grad_(), k.requires_grad_(), v.requires_grad_()
+
+
+def check_selection(
+    q: torch.Tensor, k: torch.Tensor, out: torch.Tensor, ref: torch.Tensor, shape: Shape, rel: float
+) -> None:
+    """Own block and padding exactly as the reference; the chosen past blocks a top-(K-1) up to rounding.
+
+    Rank by rank, the chosen block's fp32 reference score is at least `1 - rel` times the reference's choice:
+    swaps only between nearly equal scores ("ties aside"; bf16 rounding of the block means moves a logit by
+    ~5e-4 at D = 128, fp32 summation order by ~1e-7). Exact ties are tested by `test_select_blocks_tie_rule`.
+    """
+    assert torch.equal(out[..., 0], ref[..., 0]), "own block"
+    assert torch.equal(out < 0, ref < 0), "padding"
+    kbar = block_means(k.float(), shape.block_size)
+    scores = block_scores(q.float(), kbar, 0, shape.block_size, q.shape[-1] ** -0.5)  # [B, T, HKV, NB]
+    scores = torch.cat([scores, scores.new_full((*scores.shape[:3], 1), float("-inf"))], -1)
+    past = out[..., 1:].long()
+    chosen = scores.gather(-1, past.where(past >= 0, scores.shape[-1] - 1))  # -1 slots -> -inf column
+    ref_chosen = scores.gather(-1, ref[..., 1:].long().where(ref[..., 1:] >= 0, scores.shape[-1] - 1))
+    finite = ref_chosen.isfinite()
+    worst = (chosen[finite] / ref_chosen[finite].clamp_min(1e-30)).min().item() if finite.any() else 1.0
+    assert worst >= 1 - rel, f"not a top-k: a chosen block scores {worst:.6f} of the reference's choice"
+    rows = past.flatten(0, 2)
+    for row in rows[(rows >= 0).sum(-1) > 1][:2000]:
+        used = row[row >= 0]
+        assert used.unique().numel() == used.numel(), f"repeated block in {row.tolist()}"
+
+
+@pytest.mark.parametrize("shape", GPU_SHAPES.values(), ids=GPU_SHAPES)
+def test_select_blocks_bf16(shape: Shape, poison: None) -> None:
+    q, k, _ = random_inputs(shape, torch.bfloat16)
+    out = select_blocks(q, k, shape.block_size, shape.block_count)
+    ref = naive_select_blocks(q, k, shape.block_size, shape.block_count)
+    check_selection(q.detach(), k.detach(), out, ref, shape, rel=1e-2)
+
+
+@pytest.mark.parametrize("shape", GPU_SHAPES.values(), ids=GPU_SHAPES)
+def test_select_blocks_fp32(shape: Shape, poison: None) -> None:
+    q, k, _ = random_inputs(shape, torch.float32)
+    out = select_blocks(q, k, shape.block_size, shape.block_count)
+    ref = naive_select_blocks(q, k, shape.block_size, shape.block_count)
+    check_selection(q.detach(), k.detach(), out, ref, shape, rel=1e-5)
+    equal_rows = (out == ref).all(-1).float().mean().item()
+    assert equal_rows >= 0.99, f"only {equal_rows:.2%} of rows equal the reference"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_select_blocks_tie_rule(dtype: torch.dtype, poison: None) -> None:
+    # every block holds the same keys: all past blocks tie and rank by ascending index
+    block_size, block_count, seq_len = 16, 16, 600
+    block = torch.randint(-3, 4, (2, block_size, 2, 64), device="cuda").to(dtype)
+    k = block.repeat(1, seq_len // block_size + 1, 1, 1)[:, :seq_len]
+    q = torch.randint(-3, 4, (2, seq_len, 32, 64), device="cuda").to(dtype)
+    out = select_blocks(q, k, block_size, block_count)
+    t = torch.arange(seq_len, device="cuda")[:, None]
+    slot = torch.arange(1, block_count, device="cuda")[None, :]
+    expected = torch.where(slot - 1 < t // block_size, slot - 1, -1)  # [T, K - 1]
+    assert torch.equal(out[..., 0], (t[:, 0] // block_size).int()[None, :, None].expand(2, -1, 2))
+    assert torch.equal(out[..., 1:], expected.int()[None, :, None, :].expand(2, -1, 2, -1))
+
+
+def sparse_case(shape: Shape, dtype: torch.dtype) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Outputs and gradients (o, lse, dq, dk, dv) of the CUDA path and the fp32 reference, same inputs."""
+    q, k, v = random_inputs(shape, dtype)
+    indices = select_blocks(q, k, shape.block_size, shape.block_count)
+    o, lse = sparse_attention(q, k, v, indices, shape.block_size)
+    do, dlse = torch.randn_like(o), torch.randn_like(lse)
+    grads = torch.autograd.grad((o.float() * do).sum() + (lse * dlse).sum(), (q, k, v))
+    ref_o, ref_lse = naive_sparse_attention(q.float(), k.float(), v.float(), indices, shape.block_size)
+    ref_grads = torch.autograd.grad((ref_o * do).sum() + (ref_lse * dlse).sum(), (q, k, v))
+    return [o, lse, *grads], [ref_o, ref_lse, *ref_grads]
+
+
+@pytest.mark.parametrize("shape", GPU_SHAPES.values(), ids=GPU_SHAPES)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
+def test_sparse_attention(shape: Shape, dtype: torch.dtype, poison: None) -> None:
+    outs, refs = sparse_case(shape, dtype)
+    tolerances = (1e-2, 1e-3, 2e-2, 2e-2, 2e-2) if dtype == torch.bfloat16 else (1e-4,) * 5
+    for name, ref, out, tol in zip(("o", "lse", "dq", "dk", "dv"), refs, outs, tolerances, strict=True):
+        assert out.dtype == (torch.float32 if name == "lse" else dtype), name
+        assert_rel_close(name, ref, out, tol)
+
+
+def test_sparse_attention_deterministic() -> None:
+    shape = GPU_SHAPES["g16-B2-T517-d64-k16"]
+    first, _ = sparse_case(shape, torch.bfloat16)
+    torch.manual_seed(0)
+    second, _ = sparse_case(shape, torch.bfloat16)
+    for a, b in zip(first, second, strict=True):
+        assert torch.equal(a, b)
+
+
+# (batch, query length, key length, query heads, kv heads, head dim, causal)
+FULL_CASES = {
+    "causal-g16-B2-T1000-d64": (2, 1000, 1000, 32, 2, 64, True),
+    "causal-g1-T333-d128": (1, 333, 333, 4, 4, 128, True),
+    "causal-g2-T517-d64": (1, 517, 517, 4, 2, 64, True),
+    "noncausal-g16-Tq200-Tk700-d64": (2, 200, 700, 16, 1, 64, False),
+}
+
+
+@pytest.mark.parametrize(
+    ("batch", "seq_q", "seq_k", "heads", "kv_heads", "dim", "causal"),
+    list(FULL_CASES.values()),
+    ids=list(FULL_CASES),
+)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
+@pytest.mark.parametrize("lse_in_loss", [True, False], ids=["lse-grad", "o-grad-only"])
+def test_full_attention(batch, seq_q, seq_k, heads, kv_heads, dim, causal, dtype, lse_in_loss) -> None:
+    q = torch.randn(batch, seq_q, heads, dim, device="cuda", dtype=dtype, requires_grad=True)
+    k, v = (
+        torch.randn(batch, seq_k, kv_heads, dim, device="cuda", dtype=dtype, requires_grad=True)
+        for _ in range(2)
+    )
+    o, lse = full_attention(q, k, v, causal=causal)
+    ref_o, ref_lse = naive_full_attention(q.float(), k.float(), v.float(), causal)
+    do, dlse = torch.randn_like(ref_o), torch.randn_like(ref_lse) * lse_in_loss
+    loss = (o.float() * do).sum() + ((lse * dlse).sum() if lse_in_loss else 0)
+    grads = torch.autograd.grad(loss, (q, k, v))
+    ref_loss = (ref_o * do).sum() + ((ref_lse * dlse).sum() if lse_in_loss else 0)
+    ref_grads = torch.autograd.grad(ref_loss, (q, k, v))
+    tolerances = (1e-2, 1e-3, 2e-2, 2e-2, 2e-2) if dtype == torch.bfloat16 else (1e-3,) * 5
+    outs, refs = [o, lse, *grads], [ref_o, ref_lse, *ref_grads]
+    for name, ref, out, tol in zip(("o", "lse", "dq", "dk", "dv"), refs, outs, tolerances, strict=True):
+        assert_rel_close(name, ref, out, tol)

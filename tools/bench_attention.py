@@ -1,0 +1,161 @@
+"""Benchmark of the SSA attention ops on one GPU: selection, sparse fwd / fwd+bwd, full fwd+bwd vs cuDNN SDPA.
+
+    python tools/bench_attention.py                      # 8K/32K/64K/128K, batch x length = 65,536 tokens
+    python tools/bench_attention.py --seqlens 8192 --append docs/perf/bench_attention.jsonl
+
+Shape of the issue: bf16, 32 query heads, 2 kv heads, head dim 64, block size 16, 16 blocks; every length runs
+with batch = 65,536 / length (8K x 8, 32K x 2, 64K x 1; 128K x 1). Times are medians of CUDA-event timings
+(`triton.testing.do_bench`). `sparse_fwd_bwd_ms` includes the selection; `cudnn_fwd_bwd_ms` is plain
+`F.scaled_dot_product_attention` restricted to the cuDNN backend, in the same process.
+"""
+
+import argparse
+import datetime
+import json
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import triton
+from ssa_kernels import full_attention, select_blocks, sparse_attention
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+TOKENS = 65_536  # batch x length of every run
+HEADS, KV_HEADS, DIM, BLOCK_SIZE, BLOCK_COUNT = 32, 2, 64, 16, 16
+
+
+def bench(fn: Callable[[], object]) -> float:
+    """Median milliseconds of `fn` over ~1 s of repeats after warm-up."""
+    return triton.testing.do_bench(fn, warmup=100, rep=1000, return_mode="median")
+
+
+def cudnn_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Plain causal GQA SDPA, cuDNN backend: q `[B, T, HQ, D]`, k/v `[B, T, HKV, D]` -> `[B, HQ, T, D]`."""
+    q, k, v = (x.transpose(1, 2) for x in (q, k, v))  # [B, H, T, D]
+    with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+        try:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        except RuntimeError:  # the cuDNN backend without GQA support: expand k, v as full_attention does
+            group = q.shape[1] // k.shape[1]
+            k, v = (x.repeat_interleave(group, dim=1) for x in (k, v))
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+
+def run(seq_len: int) -> dict[str, object]:
+    """Time every op at `seq_len` with batch `TOKENS // seq_len`; returns one JSON record."""
+    batch = max(1, TOKENS // seq_len)
+    q = torch.randn(batch, seq_len, HEADS, DIM, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    k, v = (
+        torch.randn(batch, seq_len, KV_HEADS, DIM, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+        for _ in range(2)
+    )
+    do = torch.randn_like(q)
+    indices = select_blocks(q, k, BLOCK_SIZE, BLOCK_COUNT)
+
+    def sparse_fwd_bwd() -> None:
+        idx = select_blocks(q, k, BLOCK_SIZE, BLOCK_COUNT)
+        o, _ = sparse_attention(q, k, v, idx, BLOCK_SIZE)
+        torch.autograd.grad(o, (q, k, v), do)
+
+    def full_fwd_bwd() -> None:
+        o, _ = full_attention(q, k, v)
+        torch.autograd.grad(o, (q, k, v), do)
+
+    def cudnn_fwd_bwd() -> None:
+        torch.autograd.grad(cudnn_sdpa(q, k, v), (q, k, v), do.transpose(1, 2))
+
+    with torch.no_grad():
+        select_ms = bench(lambda: select_blocks(q, k, BLOCK_SIZE, BLOCK_COUNT))
+        sparse_fwd_ms = bench(lambda: sparse_attention(q, k, v, indices, BLOCK_SIZE))
+        sparse_fwd_sel_ms = bench(
+            lambda: sparse_attention(q, k, v, select_blocks(q, k, BLOCK_SIZE, BLOCK_COUNT), BLOCK_SIZE)
+        )
+        full_fwd_ms = bench(lambda: full_attention(q, k, v))
+        cudnn_fwd_ms = bench(lambda: cudnn_sdpa(q, k, v))
+    record = {
+        "device": torch.cuda.get_device_name(),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "git": git_revision(),
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "seqlen": seq_len,
+        "batch": batch,
+        "heads": HEADS,
+        "kv_heads": KV_HEADS,
+        "dim": DIM,
+        "block_size": BLOCK_SIZE,
+        "block_count": BLOCK_COUNT,
+        "select_ms": select_ms,
+        "sparse_fwd_ms": sparse_fwd_ms,
+        "sparse_fwd_with_select_ms": sparse_fwd_sel_ms,
+        "sparse_fwd_bwd_ms": bench(sparse_fwd_bwd),
+        "full_fwd_ms": full_fwd_ms,
+        "cudnn_fwd_ms": cudnn_fwd_ms,
+        "full_fwd_bwd_ms": bench(full_fwd_bwd),
+        "cudnn_fwd_bwd_ms": bench(cudnn_fwd_bwd),
+    }
+    return record
+
+
+def git_revision() -> str:
+    """Short commit of the working tree, `+dirty` when it has changes; `unknown` outside git."""
+    try:
+        rev = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        )
+        dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seqlens", type=int, nargs="+", default=[8192, 32768, 65536, 131072])
+    parser.add_argument("--append", type=Path, help="JSON-lines file to append the records to")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("bench_attention needs a CUDA GPU")
+    columns = [
+        "seqlen",
+        "batch",
+        "select_ms",
+        "sparse_fwd_ms",
+        "sparse_fwd_with_select_ms",
+        "sparse_fwd_bwd_ms",
+    ]
+    columns += ["full_fwd_ms", "cudnn_fwd_ms", "full_fwd_bwd_ms", "cudnn_fwd_bwd_ms"]
+    records = []
+    for seq_len in args.seqlens:
+        try:
+            record = run(seq_len)
+            torch.cuda.empty_cache()
+        except torch.OutOfMemoryError:
+            print(f"seqlen {seq_len}: out of GPU memory, skipped")
+            torch.cuda.empty_cache()
+            continue
+        records.append(record)
+        print(json.dumps(record), flush=True)
+        if args.append:
+            with args.append.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+    print(
+        f"\n{records[0]['device'] if records else ''}, bf16, HQ={HEADS}, HKV={KV_HEADS}, D={DIM}, "
+        f"BS={BLOCK_SIZE}, K={BLOCK_COUNT}, ms (median)"
+    )
+    print("| " + " | ".join(columns) + " |")
+    print("|" + "---|" * len(columns))
+    for record in records:
+        print(
+            "| "
+            + " | ".join(
+                f"{record[c]:.2f}" if isinstance(record[c], float) else str(record[c]) for c in columns
+            )
+            + " |"
+        )
+
+
+if __name__ == "__main__":
+    main()
