@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -209,6 +210,7 @@ class Trainer:
         if self.is_main:
             truncate_metrics(self.run_dir / "metrics.jsonl", self.step)
             save_resolved_config(self.run_dir, self.cfg)
+            self._copy_tokenizer()
             self._write_status("running")
 
     def _check_resumable(self, meta: dict[str, Any], path: Path) -> None:
@@ -230,6 +232,15 @@ class Trainer:
                 + "\n  ".join(problems)
                 + "\nUse the run's own config.yaml, or a new --run-dir for a new run."
             )
+
+    def _copy_tokenizer(self) -> None:
+        """`RUN_DIR/tokenizer/`: a self-contained run for export and evaluation (copied once, atomically)."""
+        target = self.run_dir / "tokenizer"
+        if not target.exists():
+            tmp = self.run_dir / ".tokenizer.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(self.cfg.data.tokenizer_dir, tmp)
+            os.replace(tmp, target)
 
     def _on_signal(self, signum, frame) -> None:
         self.stop_signal = signum  # acted on at the next step boundary

@@ -14,6 +14,7 @@ import time
 import pytest
 
 from ssa_pretrain.cli import main as ssa_main
+from ssa_pretrain.data.tokenizer import Tokenizer
 from tests.helpers import REPO, read_metrics, train_command
 
 FAST = [
@@ -64,6 +65,7 @@ def test_trains_writes_metrics_checkpoint_and_config(tiny_data, tmp_path):
     assert kept == ["step-000006", "step-000008"]  # keep_last=2
     assert json.loads((tmp_path / "run/status.json").read_text())["state"] == "completed"
     assert "seq_len: 64" in (tmp_path / "run/config.yaml").read_text()
+    assert Tokenizer(tmp_path / "run/tokenizer").sha256 == Tokenizer(tiny_data / "tokenizer").sha256
     assert ssa_main(["plot", str(tmp_path / "run"), "--out", str(tmp_path / "loss.png")]) == 0
     assert (tmp_path / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
