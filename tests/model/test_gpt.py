@@ -68,38 +68,32 @@ def test_logits_match_an_independent_pytorch_lm(mode, gate):
     torch.testing.assert_close(logits, expected, atol=2e-5, rtol=2e-5)
 
 
+def ssa_and_single_branch(mode: str, *ssa_overrides: str):
+    """(loss, grads) of an SSA model and of the `variant=mode` model with the same weights, in `mode`."""
+    _, ssa = make("ssa.variant=ssa", *ssa_overrides)
+    _, single = make(f"ssa.variant={mode}")
+    single.load_state_dict(ssa.state_dict())
+    batch = tokens()
+    return loss_and_grads(ssa.train(), batch, mode), loss_and_grads(single.train(), batch, mode)
+
+
 @pytest.mark.parametrize("mode", ["full", "sparse"])
 def test_residual_stream_sees_only_the_chosen_mode(mode):
     """An SSA model in a `full` (ratio 1) or `sparse` (ratio 0) micro-step computes exactly the loss of the
     single-branch model with the same weights: the counterpart never reaches the residual stream."""
-    _, ssa = make("ssa.variant=ssa")
-    _, single = make(f"ssa.variant={mode}")
-    single.load_state_dict(ssa.state_dict())
-    batch = tokens()
-    ssa_loss, _ = loss_and_grads(ssa.train(), batch, mode)
-    single_loss, _ = loss_and_grads(single.train(), batch, mode)
+    (ssa_loss, _), (single_loss, _) = ssa_and_single_branch(mode)
     assert ssa_loss == single_loss
 
 
 def test_alpha_zero_gives_zero_alignment_gradient():
-    _, ssa = make("ssa.alpha=0")
-    _, full = make("ssa.variant=full")
-    full.load_state_dict(ssa.state_dict())
-    batch = tokens()
-    _, g_ssa = loss_and_grads(ssa.train(), batch, "full")
-    _, g_full = loss_and_grads(full.train(), batch, "full")
+    (_, g_ssa), (_, g_full) = ssa_and_single_branch("full", "ssa.alpha=0")
     assert g_ssa.keys() == g_full.keys()
     for name in g_ssa:
         torch.testing.assert_close(g_ssa[name], g_full[name], rtol=0, atol=0, msg=name)
 
 
 def test_alignment_changes_gradients_but_not_the_loss():
-    _, ssa = make("ssa.alpha=10")
-    _, full = make("ssa.variant=full")
-    full.load_state_dict(ssa.state_dict())
-    batch = tokens()
-    loss_ssa, g_ssa = loss_and_grads(ssa.train(), batch, "full")
-    loss_full, g_full = loss_and_grads(full.train(), batch, "full")
+    (loss_ssa, g_ssa), (loss_full, g_full) = ssa_and_single_branch("full", "ssa.alpha=10")
     assert loss_ssa == loss_full  # the auxiliary term is attached, not added to the returned loss
     qkv = "decoder.layers.0.self_attention.linear_qkv.weight"
     assert not torch.allclose(g_ssa[qkv], g_full[qkv])
