@@ -77,14 +77,21 @@ def _clean(value: Any) -> Any:
     return value
 
 
+def _step_of(line: str) -> int | None:
+    """The step of a metrics line; None for a line a killed run left half-written."""
+    try:
+        return json.loads(line).get("step")
+    except json.JSONDecodeError:
+        return None
+
+
 def truncate_metrics(path: Path, after_step: int) -> None:
-    """Drop lines of steps beyond `after_step` (left by a run that died after its last checkpoint)."""
+    """Keep the complete lines of steps up to `after_step` (a run that died after its last checkpoint logged
+    later steps, and possibly half a line)."""
     if not path.is_file():
         return
     kept = [
-        line
-        for line in path.read_text().splitlines()
-        if line and json.loads(line).get("step", 0) <= after_step
+        line for line in path.read_text().splitlines() if (_step_of(line) or after_step + 1) <= after_step
     ]
     tmp = path.with_suffix(".tmp")
     tmp.write_text("".join(line + "\n" for line in kept))

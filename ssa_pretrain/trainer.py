@@ -37,7 +37,13 @@ from ssa_pretrain.metrics import (
     truncate_metrics,
 )
 from ssa_pretrain.model.alignment import AttachAuxLoss
-from ssa_pretrain.model.gpt import alignment_per_layer, build_model, set_attention_mode
+from ssa_pretrain.model.gpt import (
+    alignment_per_layer,
+    build_model,
+    count_parameters,
+    padded_vocab_size,
+    set_attention_mode,
+)
 from ssa_pretrain.model.modes import Mode, choose_mode
 from ssa_pretrain.optim import build_optimizer, build_scheduler
 
@@ -154,7 +160,8 @@ class Trainer:
         cpu_shims.seed_model_parallel_rng(cfg.train.seed)
         self.vocab_size = cfg.model.vocab_size or self.tokenizer.vocab_size
         model = build_model(cfg, self.vocab_size)
-        self.num_params = sum(p.numel() for p in model.parameters())  # this TP shard
+        padded = padded_vocab_size(self.vocab_size, cfg.model, 1)
+        self.num_params = count_parameters(cfg.model, padded, cfg.ssa.output_gate)  # the whole model, for MFU
         self.engine = build_engine(cfg, model, self.dp, self.bf16)
         self.model = self.engine.module
 
@@ -317,13 +324,10 @@ class Trainer:
         }
         peak = peak_flops(self.dist.device)
         if peak:
-            # num_params is this rank's TP shard; flops per GPU = tokens per GPU x flops/token of the shard.
-            flops = (
-                flops_per_token(self.cfg, self.num_params)
-                * tokens_per_step
-                / (self.dist.world_size / self.cfg.parallel.tp)
+            flops_per_gpu = (
+                flops_per_token(self.cfg, self.num_params) * tokens_per_step / self.dist.world_size
             )
-            metrics["mfu"] = flops / elapsed / peak
+            metrics["mfu"] = flops_per_gpu / elapsed / peak
         return metrics
 
     def _cross_entropy(self, tokens: torch.Tensor) -> torch.Tensor:
