@@ -32,7 +32,9 @@ from ssa_pretrain.model.modes import choose_mode
 from ssa_pretrain.trainer import build_engine
 
 
-def measure(config: str, variant: str, seq_len: int, micro_batch: int, vocab: int, steps: int) -> dict:
+def measure(
+    config: str, variant: str, seq_len: int, micro_batch: int, vocab: int, steps: int, overrides: list[str]
+) -> dict:
     """Median step time of `steps` timed steps after two warm-up steps."""
     cfg = load_config(
         config,
@@ -43,6 +45,7 @@ def measure(config: str, variant: str, seq_len: int, micro_batch: int, vocab: in
             f"train.global_batch_size={micro_batch}",
             "train.precision=bf16",
             "train.deepspeed_config=configs/deepspeed/zero1.json",
+            *overrides,
         ],
     )
     torch.manual_seed(0)
@@ -76,6 +79,7 @@ def measure(config: str, variant: str, seq_len: int, micro_batch: int, vocab: in
         "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30,
         "block_size": cfg.ssa.block_size,
         "block_count": cfg.ssa.block_count,
+        "recompute": cfg.train.recompute,
     }
     del engine, model
     torch.cuda.empty_cache()
@@ -104,6 +108,7 @@ def main() -> None:
     parser.add_argument(
         "--out", type=Path, help="append the JSON lines here (e.g. docs/perf/bench_train.jsonl)"
     )
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.recompute=selective")
     args = parser.parse_args()
 
     init_distributed()
@@ -117,7 +122,12 @@ def main() -> None:
         "config": args.model,
     }
     rows = [
-        {**common, **measure(args.model, v, args.seq_len, args.micro_batch, args.vocab_size, args.steps)}
+        {
+            **common,
+            **measure(
+                args.model, v, args.seq_len, args.micro_batch, args.vocab_size, args.steps, args.overrides
+            ),
+        }
         for v in args.variants
     ]
     print(f"{'variant':8} {'step ms':>9} {'tokens/s':>10} {'MFU':>6} {'peak GiB':>9}")

@@ -23,5 +23,5 @@ ssa train configs/train/tiny-cpu.yaml --run-dir /tmp/run-tiny data.dir=/tmp/data
 cp /tmp/run-tiny/metrics.jsonl "$OUT/train_tiny_metrics.jsonl" 2>/dev/null
 
 if [ -f tools/bench_train.py ]; then
-    python3 tools/bench_train.py --out "$OUT/bench_train.jsonl" 2>&1 | tail -n 30 | tee "$OUT/bench_train.txt"
+    python3 tools/bench_train.py --out "$OUT/bench_train.jsonl" ${BENCH_TRAIN_ARGS:-} 2>&1 | tail -n 30 | tee "$OUT/bench_train.txt"
 fi
