@@ -216,9 +216,11 @@ class Config(_Section):
             raise ValueError(f"parallel.tp={p.tp} must divide model.num_kv_heads={m.num_kv_heads}")
         if m.ffn_hidden_size % p.tp:
             raise ValueError(f"parallel.tp={p.tp} must divide model.ffn_hidden_size={m.ffn_hidden_size}")
-        if self.data.seq_len % (2 * p.cp):
+        unit = 2 * p.cp * (self.ssa.block_size if p.cp > 1 else 1)  # each CP chunk holds whole key blocks
+        if self.data.seq_len % unit:
             raise ValueError(
-                f"data.seq_len={self.data.seq_len} must be a multiple of 2*parallel.cp={2 * p.cp}"
+                f"data.seq_len={self.data.seq_len} must be a multiple of 2 * parallel.cp"
+                f"{' * ssa.block_size' if p.cp > 1 else ''} = {unit}"
             )
         return self
 

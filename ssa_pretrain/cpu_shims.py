@@ -7,7 +7,9 @@ Megatron-Core assumes CUDA in a few spots that our model reaches. On a machine w
 2. selects DeepSpeed's CPU accelerator (`DS_ACCELERATOR=cpu`, before DeepSpeed is imported);
 3. replaces the CUDA RNG-state tracker with one that forks the CPU generator, and the CUDA RNG
    get/set used by activation recomputation with the CPU generator's, so `tensor_parallel.checkpoint`
-   (recompute) restores the same random state on CPU.
+   (recompute) restores the same random state on CPU;
+4. replaces `get_pos_emb_on_this_cp_rank` (RoPE under context parallelism: it pins memory and calls
+   `.cuda()`) with the same load-balanced slice taken on the tensor's own device.
 
 `CPU_CONFIG` lists the TransformerConfig flags that need CUDA-only fused kernels (apex / TE / JIT CUDA);
 `build_model` turns them off on CPU. Not needed: Megatron's CUDA causal mask (`get_default_causal_mask`)
@@ -21,6 +23,7 @@ import contextlib
 import os
 
 import torch
+from megatron.core.models.common.embeddings import rope_utils, rotary_pos_embedding
 from megatron.core.tensor_parallel import random as mc_random
 
 CPU_CONFIG = dict(
@@ -56,6 +59,13 @@ class CpuRNGStatesTracker(mc_random.CudaRNGStatesTracker):
             torch.set_rng_state(saved)
 
 
+def _pos_emb_on_this_cp_rank(pos_emb: torch.Tensor, seq_dim: int, cp_group) -> torch.Tensor:
+    """Megatron's RoPE slice for this CP rank (chunks r and 2cp-1-r), without pinned memory or `.cuda()`."""
+    from ssa_pretrain.parallel.layout import split_sequence
+
+    return split_sequence(pos_emb, cp_group.rank(), cp_group.size(), dim=seq_dim)
+
+
 def install() -> None:
     """Apply the CPU shims once; a no-op where CUDA is available."""
     if torch.cuda.is_available() or getattr(install, "done", False):
@@ -66,6 +76,8 @@ def install() -> None:
     mc_random._set_cuda_rng_state = lambda state, *args, **kwargs: torch.set_rng_state(state)
     mc_random._CUDA_RNG_STATE_TRACKER = CpuRNGStatesTracker()
     mc_random._CUDA_RNG_STATE_TRACKER_INITIALIZED = True
+    rope_utils.get_pos_emb_on_this_cp_rank = _pos_emb_on_this_cp_rank
+    rotary_pos_embedding.get_pos_emb_on_this_cp_rank = _pos_emb_on_this_cp_rank  # its imported copy
     install.done = True
 
 

@@ -46,6 +46,7 @@ from ssa_pretrain.model.gpt import (
 )
 from ssa_pretrain.model.modes import Mode, choose_mode
 from ssa_pretrain.optim import build_optimizer, build_scheduler
+from ssa_pretrain.parallel import split_sequence
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -89,7 +90,8 @@ def deepspeed_config(cfg: Config, dp: int, bf16: bool) -> dict[str, Any]:
         raise ValueError(f"train.deepspeed_config: cannot read {path}: {err}") from err
     t = cfg.train
     auto = {
-        "train_batch_size": t.global_batch_size,
+        # DeepSpeed's data-parallel group is DP x CP and it counts a micro-batch on every rank of it.
+        "train_batch_size": t.global_batch_size * cfg.parallel.cp,
         "train_micro_batch_size_per_gpu": t.micro_batch_size,
         "gradient_accumulation_steps": t.global_batch_size // (t.micro_batch_size * dp),
         "gradient_clipping": t.grad_clip,
@@ -135,8 +137,6 @@ class Trainer:
         self.dist = init_distributed(cfg.parallel.tp, cfg.parallel.cp)
         self.is_main = self.dist.rank == 0
         cpu_shims.install()
-        if cfg.parallel.cp > 1:
-            raise NotImplementedError("context parallelism (parallel.cp > 1) is not implemented yet")
 
         self.dp = parallel_state.get_data_parallel_world_size()
         micro_per_step = cfg.train.global_batch_size // cfg.train.micro_batch_size
@@ -333,7 +333,12 @@ class Trainer:
     def _cross_entropy(self, tokens: torch.Tensor) -> torch.Tensor:
         """Mean next-token cross-entropy of a `[batch, seq_len + 1]` token batch (inputs / labels shifted)."""
         tokens = tokens.to(self.dist.device, non_blocking=True)
-        return self.engine(tokens[:, :-1], None, None, labels=tokens[:, 1:]).float().mean()
+        inputs, labels = tokens[:, :-1], tokens[:, 1:]
+        cp = self.cfg.parallel.cp
+        if cp > 1:  # this rank's share of the sequence: chunks r and 2cp-1-r (RoPE takes the same positions)
+            rank = parallel_state.get_context_parallel_rank()
+            inputs, labels = (split_sequence(x, rank, cp, dim=1) for x in (inputs, labels))
+        return self.engine(inputs, None, None, labels=labels).float().mean()
 
     def _mean_over_ranks(self, *values: torch.Tensor) -> list[float]:
         """Mean over all ranks. Right for CE (identical across TP ranks, equal token counts elsewhere) and for

@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-import ssa_kernels
 import torch
 from megatron.core import parallel_state
 from megatron.core.tensor_parallel import ColumnParallelLinear
@@ -29,6 +28,11 @@ from megatron.core.transformer.module import MegatronModule
 from ssa_pretrain.config import SSAConfig
 from ssa_pretrain.model.alignment import AttachAuxLoss, alignment_terms
 from ssa_pretrain.model.modes import Mode
+from ssa_pretrain.parallel import (
+    context_parallel_full_attention,
+    context_parallel_sparse_attention,
+    context_parallel_ssa_attention,
+)
 
 
 @dataclass
@@ -75,6 +79,9 @@ class SSACoreAttention(MegatronModule):
             if pg_collection is not None
             else parallel_state.get_tensor_model_parallel_world_size()
         )
+        self.cp_group = (
+            pg_collection.cp if pg_collection is not None else parallel_state.get_context_parallel_group()
+        )
         # Each TP rank holds 1/tp of the heads; the global alignment loss is the mean over ranks.
         self.aux_weight = self.ssa.alpha / (config.num_layers * tp)
         self.mode: Mode = self.ssa.inference_mode if self.ssa.variant == "ssa" else self.ssa.variant
@@ -84,12 +91,25 @@ class SSACoreAttention(MegatronModule):
             None  # D(a_full, a_sparse) of the last forward, for logging
         )
 
+    # Each branch takes this rank's share `[b, s, heads, d]`; under context parallelism the ring ops of
+    # `ssa_pretrain.parallel` see the whole sequence, and a CP group of one calls `ssa_kernels` directly.
+
     def _full(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        return ssa_kernels.full_attention(q, k, v, causal=True, scale=self.softmax_scale)[0]
+        return context_parallel_full_attention(q, k, v, self.cp_group, scale=self.softmax_scale)[0]
 
     def _sparse(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        indices = ssa_kernels.select_blocks(q, k, self.block_size, self.block_count, scale=self.softmax_scale)
-        return ssa_kernels.sparse_attention(q, k, v, indices, self.block_size, scale=self.softmax_scale)[0]
+        return context_parallel_sparse_attention(
+            q, k, v, self.block_size, self.block_count, self.cp_group, scale=self.softmax_scale
+        )[0]
+
+    def _both(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(a_full, a_sparse); under context parallelism from one ring pass that serves both branches."""
+        if self.cp_group is None or self.cp_group.size() == 1:
+            return self._full(q, k, v), self._sparse(q, k, v)
+        (a_full, _), (a_sparse, _) = context_parallel_ssa_attention(
+            q, k, v, self.block_size, self.block_count, self.cp_group, scale=self.softmax_scale
+        )
+        return a_full, a_sparse
 
     def aligns(self) -> bool:
         """Whether this forward computes the counterpart branch for the alignment loss."""
@@ -114,7 +134,7 @@ class SSACoreAttention(MegatronModule):
             )
         q, k, v = (t.transpose(0, 1) for t in (query, key, value))  # [b, s, heads, d]
         if self.aligns():
-            a_full, a_sparse = self._full(q, k, v), self._sparse(q, k, v)
+            a_full, a_sparse = self._both(q, k, v)
             out = a_full if self.mode == "full" else a_sparse
             loss, value_for_log = alignment_terms(a_full, a_sparse, self.ssa.w_fs, self.ssa.w_sf)
             self.last_alignment = value_for_log

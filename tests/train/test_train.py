@@ -94,30 +94,61 @@ def test_resume_after_signal_repeats_the_uninterrupted_losses(tiny_data, tmp_pat
     assert losses(tmp_path / "split") == losses(tmp_path / "straight")
 
 
+@pytest.fixture(scope="module")
+def single_process_run(tiny_data, tmp_path_factory):
+    """The one-process run of some overrides, trained once per module and shared by the layouts."""
+    runs: dict[tuple[str, ...], list[dict]] = {}
+
+    def metrics_of(*overrides: str) -> list[dict]:
+        if overrides not in runs:
+            run_dir = tmp_path_factory.mktemp("one")
+            run(run_dir, tiny_data, *overrides)
+            runs[overrides] = read_metrics(run_dir)
+        return runs[overrides]
+
+    return metrics_of
+
+
+SSA_FULL, SSA_SPARSE = ("ssa.full_ratio=1.0",), ("ssa.full_ratio=0.0",)
+
+
 @pytest.mark.distributed
 @pytest.mark.parametrize(
-    ("ratio", "layout"),
+    ("nproc", "layout", "method"),
     [
-        ("0.0", []),
-        ("1.0", []),
-        ("0.0", ["train.deepspeed_config=configs/deepspeed/zero2.json"]),
-        ("0.0", ["parallel.tp=2"]),
-        ("1.0", ["parallel.tp=2"]),
+        (2, [], SSA_SPARSE),
+        (2, [], SSA_FULL),
+        (2, ["train.deepspeed_config=configs/deepspeed/zero2.json"], SSA_SPARSE),
+        (2, ["parallel.tp=2"], SSA_SPARSE),
+        (2, ["parallel.tp=2"], SSA_FULL),
+        (2, ["parallel.cp=2"], SSA_SPARSE),
+        (2, ["parallel.cp=2"], SSA_FULL),
+        (2, ["parallel.cp=2"], ("ssa.variant=sparse",)),
+        (2, ["parallel.cp=2"], ("ssa.variant=full",)),
+        (4, ["parallel.cp=4"], SSA_SPARSE),
+        (4, ["parallel.tp=2", "parallel.cp=2"], SSA_FULL),
+        (4, ["parallel.cp=2"], SSA_SPARSE),  # DP=2 x CP=2
     ],
-    ids=["dp2-sparse", "dp2-full", "dp2-zero2", "tp2-sparse", "tp2-full"],
-)
-def test_two_ranks_equal_one(tiny_data, tmp_path, ratio, layout):
-    """Same global batch on 2 ranks as on 1: data parallel (micro 2, no accumulation, vs micro 2 with two
-    accumulation steps) or tensor parallel (heads and MLP sharded). With full_ratio 0 / 1 every micro-step
-    has the same mode in both layouts; both branches and the alignment loss still run."""
-    common = ["train.steps=4", f"ssa.full_ratio={ratio}"]
-    run(tmp_path / "one", tiny_data, *common)
-    run(tmp_path / "two", tiny_data, *common, *layout, nproc=2)
-    one, two = read_metrics(tmp_path / "one"), read_metrics(tmp_path / "two")
+    ids=[
+        "dp2-ssa-sparse", "dp2-ssa-full", "dp2-zero2", "tp2-ssa-sparse", "tp2-ssa-full", "cp2-ssa-sparse",
+        "cp2-ssa-full", "cp2-sparse-only", "cp2-full-only", "cp4-ssa-sparse", "tp2xcp2-ssa-full",
+        "dp2xcp2-ssa-sparse",
+    ],
+)  # fmt: skip
+def test_parallel_layouts_equal_one_process(single_process_run, tiny_data, tmp_path, nproc, layout, method):
+    """The same global batch on several ranks as on one: data parallel (micro 2 without accumulation vs micro
+    2 with two accumulation steps), tensor parallel (heads and MLP sharded), context parallel (the sequence
+    sharded in the load-balanced layout; ring attention) and their products give the losses, alignment
+    losses, gradient norms and validation losses of one process. With full_ratio 0 / 1 every micro-step has
+    the same mode in every layout; in `ssa` both branches and the alignment loss run each step."""
+    common = ("train.steps=4", *method)
+    one = single_process_run(*common)
+    run(tmp_path / "many", tiny_data, *common, *layout, nproc=nproc)
+    many = read_metrics(tmp_path / "many")
     for key in ("loss", "ce", "align", "grad_norm"):
-        assert [m[key] for m in two] == pytest.approx([m[key] for m in one], rel=2e-5, abs=1e-6), key
-    assert two[-1]["val_loss_full"] == pytest.approx(one[-1]["val_loss_full"], rel=2e-5)
-    assert two[-1]["val_loss_sparse"] == pytest.approx(one[-1]["val_loss_sparse"], rel=2e-5)
+        assert [m[key] for m in many] == pytest.approx([m[key] for m in one], rel=2e-5, abs=1e-6), key
+    for key in ("val_loss_full", "val_loss_sparse"):
+        assert many[-1][key] == pytest.approx(one[-1][key], rel=2e-5), key
 
 
 def test_bad_config_fails_before_anything_is_written(tiny_data, tmp_path):

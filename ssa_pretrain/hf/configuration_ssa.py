@@ -1,0 +1,101 @@
+"""Hugging Face config of an SSA (Sparse Sparse Attention) causal LM.
+
+Copied into every export next to `modeling_ssa.py` and loaded with `trust_remote_code=True`: it imports
+nothing but transformers. The decoder is Llama's (RMSNorm, SwiGLU, rotate-half RoPE, GQA, no biases,
+tied embeddings); SSA adds the sparse attention budget and a per-head sigmoid output gate.
+
+`inference_mode`, `block_size` and `block_count` may be changed at load time
+(`from_pretrained(dir, trust_remote_code=True, inference_mode="sparse", block_count=8)`) or later through
+`model.config`: every forward reads them.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from transformers import PretrainedConfig
+
+INFERENCE_MODES = ("full", "sparse")
+
+
+class SSAConfig(PretrainedConfig):
+    """A Llama-style decoder whose attention is full or block-sparse (SSA) at inference time."""
+
+    model_type = "ssa"
+    keys_to_ignore_at_inference: ClassVar[list[str]] = ["past_key_values"]
+
+    def __init__(
+        self,
+        vocab_size: int = 32000,
+        hidden_size: int = 2048,
+        intermediate_size: int = 8192,
+        num_hidden_layers: int = 16,
+        num_attention_heads: int = 32,
+        num_key_value_heads: int = 2,
+        head_dim: int | None = None,
+        hidden_act: str = "silu",
+        max_position_embeddings: int = 8192,
+        rms_norm_eps: float = 1e-5,
+        rope_theta: float = 500000.0,
+        rope_parameters: dict | None = None,
+        initializer_range: float = 0.02,
+        use_cache: bool = True,
+        tie_word_embeddings: bool = True,
+        output_gate: bool = True,
+        inference_mode: str = "full",
+        block_size: int = 16,
+        block_count: int = 16,
+        attention_chunk_size: int = 256,
+        bos_token_id: int | None = 1,
+        eos_token_id: int | None = 2,
+        pad_token_id: int | None = 3,
+        **kwargs,
+    ):
+        """Defaults are the released 1B SSA model's; `attention_chunk_size` bounds the query positions
+        scored at once (peak memory `[batch, chunk, heads, keys]` fp32)."""
+        self.vocab_size = vocab_size
+        self.hidden_size = hidden_size
+        self.intermediate_size = intermediate_size
+        self.num_hidden_layers = num_hidden_layers
+        self.num_attention_heads = num_attention_heads
+        self.num_key_value_heads = num_key_value_heads
+        self.head_dim = head_dim or hidden_size // num_attention_heads
+        self.hidden_act = hidden_act
+        self.max_position_embeddings = max_position_embeddings
+        self.rms_norm_eps = rms_norm_eps
+        self.rope_theta = rope_theta
+        self.rope_parameters = rope_parameters or {"rope_type": "default", "rope_theta": rope_theta}
+        self.initializer_range = initializer_range
+        self.use_cache = use_cache
+        self.mlp_bias = False  # read by LlamaMLP
+        self.attention_bias = False
+        self.output_gate = output_gate
+        self.inference_mode = inference_mode
+        self.block_size = block_size
+        self.block_count = block_count
+        self.attention_chunk_size = attention_chunk_size
+        super().__init__(
+            bos_token_id=bos_token_id,
+            eos_token_id=eos_token_id,
+            pad_token_id=pad_token_id,
+            tie_word_embeddings=tie_word_embeddings,
+            **kwargs,
+        )
+        self.check_ssa()
+
+    def check_ssa(self) -> None:
+        """Raise ValueError on an attention setting the model cannot run."""
+        if self.inference_mode not in INFERENCE_MODES:
+            raise ValueError(f"inference_mode must be one of {INFERENCE_MODES}, got {self.inference_mode!r}")
+        for name in ("block_size", "block_count", "attention_chunk_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(
+                f"num_key_value_heads={self.num_key_value_heads} must divide "
+                f"num_attention_heads={self.num_attention_heads}"
+            )
+
+
+__all__ = ["SSAConfig"]

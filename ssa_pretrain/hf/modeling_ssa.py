@@ -1,0 +1,421 @@
+"""SSA (Sparse Sparse Attention) causal LM for Hugging Face transformers, full or sparse at inference.
+
+Copied into every export by `ssa convert` and loaded with `trust_remote_code=True`; it imports nothing but
+torch and transformers. Everything that is Llama's comes from transformers (RMSNorm, SwiGLU MLP, RoPE,
+`PreTrainedModel`, `GenerationMixin`, `DynamicCache`); only the SSA attention is written here.
+
+The attention, exactly (shapes `q [B, T, HQ, D]`, `k, v [B, S, HKV, D]`, `G = HQ / HKV`):
+
+* `full`: causal softmax attention.
+* `sparse` (block size `BS`, block count `K`): block keys `kbar_j` = mean of `k` over block `j`; for the
+  query at position `t` (own block `c = t // BS`) and query head `h`, `p_h[t, j] = softmax_j(q · kbar_j / √D)`
+  over the complete blocks `(j + 1) · BS <= t + 1`; the past blocks `j < c` are scored by
+  `s[t, j] = Σ_{h in group} p_h[t, j]`; the query attends causally to its own block and the `K − 1`
+  best-scoring past blocks (equal scores: lower block index first).
+
+Why it is written here and not imported from `ssa_kernels`: the exported model must run without our
+package, and the reference ops assume a row's positions are its tensor indices `0 … T−1` with no cache. Here
+every key and query carries its own position (left padding shifts a row; decoding appends one query to `S`
+cached keys), and the block means of complete blocks are kept in the cache (`SSACache`) so a decoding
+step scores only the new token. The converter checks this code against the training model; the tests check
+it against `ssa_kernels`' reference.
+
+Positions follow `attention_mask`: a row's first unmasked token is position 0 (left padding), and the
+mask must mark one contiguous run of tokens per row. `position_ids` is accepted for API compatibility and
+not used.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import nn
+from transformers import DynamicCache, GenerationMixin, PreTrainedModel
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.models.llama.modeling_llama import (
+    LlamaMLP,
+    LlamaRMSNorm,
+    LlamaRotaryEmbedding,
+    apply_rotary_pos_emb,
+)
+
+from .configuration_ssa import SSAConfig
+
+# ----------------------------------------------------------------------------------------- SSA attention
+
+
+def padding_offsets(attention_mask: torch.Tensor | None, batch: int, num_keys: int, device) -> torch.Tensor:
+    """Left-padding length of every row: `[B]` int64 (zeros without a mask).
+
+    Args:
+        attention_mask: `[B, S]` (1 = token, 0 = padding) over the cached and the new tokens, or None.
+    """
+    if attention_mask is None:
+        return torch.zeros(batch, dtype=torch.long, device=device)
+    if attention_mask.shape != (batch, num_keys):
+        raise ValueError(
+            f"attention_mask must be 2-D [batch, past + new tokens] = {(batch, num_keys)}, "
+            f"got {tuple(attention_mask.shape)}"
+        )
+    mask = attention_mask.bool()
+    offsets = (mask.cumsum(-1) == 0).sum(-1)  # [B]
+    index = torch.arange(num_keys, device=device)
+    contiguous = (index >= offsets[:, None]) & (index < (offsets + mask.sum(-1))[:, None])
+    if not torch.equal(mask, contiguous):
+        raise ValueError("attention_mask must mark one contiguous run of tokens per row (left/right padding)")
+    return offsets
+
+
+def block_means(
+    k: torch.Tensor, offsets: torch.Tensor, first: int, last: int, block_size: int
+) -> torch.Tensor:
+    """Mean key of the blocks `first … last − 1` of every row, in fp32.
+
+    Args:
+        k: `[B, S, HKV, D]`; row `b`'s block `j` holds the keys at indices `offsets[b] + j·BS …`.
+        offsets: `[B]` left-padding lengths.
+
+    Returns:
+        kbar: `[B, last − first, HKV, D]`; a block not complete in a row holds an unused value.
+    """
+    batch, num_keys = k.shape[:2]
+    j = torch.arange(first, last, device=k.device)
+    # [B, N, BS] key indices of each block, clamped inside the tensor for incomplete blocks
+    index = offsets[:, None, None] + j[None, :, None] * block_size + torch.arange(block_size, device=k.device)
+    index = index.clamp(max=num_keys - 1)
+    rows = torch.arange(batch, device=k.device)[:, None, None]
+    return k[rows, index].float().mean(2)  # [B, N, BS, HKV, D] -> [B, N, HKV, D]
+
+
+def select_blocks(
+    q: torch.Tensor,
+    kbar: torch.Tensor,
+    q_pos: torch.Tensor,
+    block_size: int,
+    block_count: int,
+    num_key_blocks: int,
+    scale: float,
+) -> torch.Tensor:
+    """Which key blocks each query attends to in sparse mode.
+
+    Args:
+        q: `[B, C, HQ, D]` fp32 queries at positions `q_pos [B, C]` (negative: padding).
+        kbar: `[B, NB, HKV, D]` block means (complete blocks of each row; others unused).
+        num_key_blocks: `NK`, blocks spanned by the keys (`>= NB`, includes a trailing partial block).
+
+    Returns:
+        selected: `[B, C, HKV, NK]` bool; the own block and the `K − 1` best past blocks.
+    """
+    batch, chunk = q.shape[:2]
+    num_kv_heads, num_blocks = kbar.shape[2], kbar.shape[1]
+    j = torch.arange(num_blocks, device=q.device)
+    t = q_pos[..., None]  # [B, C, 1]
+    own = t.clamp(min=0) // block_size  # [B, C, 1]
+    complete = (j + 1) * block_size <= t + 1  # [B, C, NB]
+    past = j < own  # [B, C, NB]
+    # [B, C, HKV, G, D] x [B, NB, HKV, D] -> [B, C, HKV, G, NB]
+    logits = torch.einsum("bchgd,bnhd->bchgn", q.unflatten(2, (num_kv_heads, -1)), kbar) * scale
+    logits = logits.masked_fill(~complete[:, :, None, None, :], float("-inf"))
+    p = torch.softmax(logits, dim=-1).nan_to_num(0.0)  # a row with no complete block: all zeros
+    scores = p.sum(3).masked_fill(~past[:, :, None, :], float("-inf"))  # [B, C, HKV, NB]
+    width = min(block_count - 1, num_blocks)
+    # a stable descending sort keeps equal scores in block order: the tie rule
+    best = scores.sort(dim=-1, descending=True, stable=True).indices[..., :width]  # [B, C, HKV, W]
+    rank = torch.arange(width, device=q.device)
+    best = best.masked_fill(rank >= own[..., None], num_key_blocks)  # t has exactly t // BS past blocks
+    selected = torch.zeros(batch, chunk, num_kv_heads, num_key_blocks + 1, dtype=torch.bool, device=q.device)
+    selected.scatter_(-1, best, True)
+    selected.scatter_(-1, own[..., None].expand(batch, chunk, num_kv_heads, 1), True)
+    return selected[..., :num_key_blocks]  # drop the spare column of unused slots
+
+
+def attend(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, visible: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """Softmax attention with GQA: q `[B, C, HQ, D]`, k/v `[B, S, HKV, D]` (fp32), visible
+    `[B, C, HKV or 1, S]` bool -> `[B, C, HQ, D]` (zeros where nothing is visible)."""
+    num_kv_heads = k.shape[2]
+    # [B, C, HKV, G, D] x [B, S, HKV, D] -> [B, C, HKV, G, S]
+    logits = torch.einsum("bchgd,bshd->bchgs", q.unflatten(2, (num_kv_heads, -1)), k) * scale
+    logits = logits.masked_fill(~visible[:, :, :, None, :], float("-inf"))
+    p = torch.softmax(logits, dim=-1).nan_to_num(0.0)
+    return torch.einsum("bchgs,bshd->bchgd", p, v).flatten(2, 3)
+
+
+def ssa_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    q_pos: torch.Tensor,
+    k_pos: torch.Tensor,
+    kbar: torch.Tensor | None,
+    block_size: int,
+    block_count: int,
+    chunk_size: int,
+) -> torch.Tensor:
+    """Causal full (`kbar` None) or sparse attention of queries to keys by position, math in fp32.
+
+    Args:
+        q: `[B, T, HQ, D]` at positions `q_pos [B, T]`.
+        k, v: `[B, S, HKV, D]` at positions `k_pos [B, S]` (negative: left padding, never attended).
+        kbar: `[B, NB, HKV, D]` block means for sparse mode (see `block_means`), None for full attention.
+        chunk_size: queries scored at once (peak memory `[B, chunk, HQ, S]` fp32).
+
+    Returns:
+        o: `[B, T, HQ, D]` in `q.dtype`.
+    """
+    scale = q.shape[-1] ** -0.5
+    qf, kf, vf = q.float(), k.float(), v.float()
+    batch, num_keys, num_kv_heads = k.shape[:3]
+    num_key_blocks = (num_keys - 1) // block_size + 1
+    k_block = k_pos.clamp(min=0) // block_size  # [B, S]
+    outputs = []
+    for start in range(0, q.shape[1], chunk_size):
+        qc, pc = qf[:, start : start + chunk_size], q_pos[:, start : start + chunk_size]
+        visible = ((k_pos[:, None, :] >= 0) & (k_pos[:, None, :] <= pc[:, :, None]))[:, :, None]  # [B,C,1,S]
+        if kbar is not None:
+            selected = select_blocks(qc, kbar, pc, block_size, block_count, num_key_blocks, scale)
+            index = k_block[:, None, None, :].expand(batch, qc.shape[1], num_kv_heads, num_keys)
+            visible = visible & selected.gather(-1, index)  # [B, C, HKV, S]
+        outputs.append(attend(qc, kf, vf, visible, scale))
+    return torch.cat(outputs, dim=1).to(q.dtype)
+
+
+class SSACache(DynamicCache):
+    """transformers' `DynamicCache` (keys/values) plus, per layer, the means of the complete key blocks.
+
+    A decoding step computes the means of the blocks that its new keys complete and reuses the others.
+    Anything that rearranges the cache (beam reordering, cropping) drops the means; they are then
+    recomputed from the cached keys, which gives the same values.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # layer -> (block_size, offsets [B], number of keys, means [B, NB, HKV, D])
+        self.block_means: dict[int, tuple[int, torch.Tensor, int, torch.Tensor]] = {}
+
+    def means(self, layer_idx: int, k: torch.Tensor, offsets: torch.Tensor, num_new: int, block_size: int):
+        """Block means `[B, NB, HKV, D]` of all keys `k [B, S, HKV, D]` after `num_new` were appended."""
+        num_keys = k.shape[1]
+        last = int((num_keys - offsets.min()) // block_size)  # blocks complete in the least padded row
+        first, kept = 0, None
+        entry = self.block_means.get(layer_idx)
+        if entry is not None:
+            size, old_offsets, old_keys, old_means = entry
+            if size == block_size and old_keys == num_keys - num_new and torch.equal(old_offsets, offsets):
+                # blocks complete in every row before this step are reused
+                first = int(((old_keys - offsets).clamp(min=0) // block_size).min())
+                kept = old_means[:, :first]
+        fresh = block_means(k, offsets, first, last, block_size)
+        kbar = fresh if kept is None else torch.cat([kept, fresh], dim=1)
+        self.block_means[layer_idx] = (block_size, offsets, num_keys, kbar)
+        return kbar
+
+    def reorder_cache(self, beam_idx: torch.LongTensor):
+        super().reorder_cache(beam_idx)
+        self.block_means.clear()
+
+    def crop(self, max_length: int):
+        super().crop(max_length)
+        self.block_means.clear()
+
+    def batch_repeat_interleave(self, repeats: int):
+        super().batch_repeat_interleave(repeats)
+        self.block_means.clear()
+
+    def batch_select_indices(self, indices: torch.Tensor):
+        super().batch_select_indices(indices)
+        self.block_means.clear()
+
+    def reset(self):
+        super().reset()
+        self.block_means.clear()
+
+
+# ----------------------------------------------------------------------------------------- the model
+
+
+class SSAAttention(nn.Module):
+    """GQA self-attention with RoPE, SSA full/sparse attention and the per-head sigmoid output gate."""
+
+    def __init__(self, config: SSAConfig, layer_idx: int):
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
+        self.num_heads, self.num_kv_heads = config.num_attention_heads, config.num_key_value_heads
+        self.head_dim = config.head_dim
+        hidden = config.hidden_size
+        self.q_proj = nn.Linear(hidden, self.num_heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(hidden, self.num_kv_heads * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(hidden, self.num_kv_heads * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, hidden, bias=False)
+        # g = sigmoid(W_g x): one gate per head on the attention output (NSA / released SSA models)
+        self.gate_proj = nn.Linear(hidden, self.num_heads, bias=False) if config.output_gate else None
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        q_pos: torch.Tensor,
+        k_pos: torch.Tensor,
+        offsets: torch.Tensor,
+        cache: DynamicCache | None,
+    ) -> torch.Tensor:
+        """x `[B, T, hidden]` (normed), RoPE `cos/sin [B, T, D]`, positions `q_pos [B, T]`, `k_pos [B, S]`."""
+        batch, length, _ = x.shape
+        q = self.q_proj(x).view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)  # [B, HQ, T, D]
+        k = self.k_proj(x).view(batch, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(batch, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rotary_pos_emb(q, k, cos, sin)
+        if cache is not None:
+            k, v = cache.update(k, v, self.layer_idx)  # [B, HKV, S, D]
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, T or S, heads, D]
+        cfg, kbar = self.config, None
+        if cfg.inference_mode == "sparse":
+            if isinstance(cache, SSACache):
+                kbar = cache.means(self.layer_idx, k, offsets, length, cfg.block_size)
+            else:
+                last = int((k.shape[1] - offsets.min()) // cfg.block_size)
+                kbar = block_means(k, offsets, 0, last, cfg.block_size)
+        out = ssa_attention(
+            q, k, v, q_pos, k_pos, kbar, cfg.block_size, cfg.block_count, cfg.attention_chunk_size
+        )  # [B, T, HQ, D]
+        if self.gate_proj is not None:
+            out = (out * torch.sigmoid(self.gate_proj(x).float()).unsqueeze(-1)).to(x.dtype)
+        return self.o_proj(out.reshape(batch, length, -1))
+
+
+class SSADecoderLayer(nn.Module):
+    """Pre-norm block: x + attention(norm(x)), then x + SwiGLU(norm(x))."""
+
+    def __init__(self, config: SSAConfig, layer_idx: int):
+        super().__init__()
+        self.input_layernorm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.self_attn = SSAAttention(config, layer_idx)
+        self.post_attention_layernorm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.mlp = LlamaMLP(config)
+
+    def forward(self, x: torch.Tensor, *attention_args) -> torch.Tensor:
+        """x `[B, T, hidden]` -> `[B, T, hidden]`; `attention_args` as `SSAAttention.forward`."""
+        x = x + self.self_attn(self.input_layernorm(x), *attention_args)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class SSAPreTrainedModel(PreTrainedModel):
+    config_class = SSAConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = False
+    _no_split_modules: ClassVar[list[str]] = ["SSADecoderLayer"]
+
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        """`generate` leaves the cache to `forward`, which creates an `SSACache` (block means included)."""
+        return False
+
+
+class SSAModel(SSAPreTrainedModel):
+    """Embeddings, decoder layers and the final norm; returns the last hidden state."""
+
+    def __init__(self, config: SSAConfig):
+        super().__init__(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(SSADecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        self.norm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.rotary_emb = LlamaRotaryEmbedding(config)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embed_tokens = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: DynamicCache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPast:
+        """input_ids `[B, T]` (or inputs_embeds `[B, T, hidden]`), attention_mask `[B, past + T]`."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids and inputs_embeds")
+        self.config.check_ssa()
+        x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
+        use_cache = self.config.use_cache if use_cache is None else use_cache
+        if use_cache and past_key_values is None:
+            past_key_values = SSACache()
+        past = past_key_values.get_seq_length() if past_key_values is not None else 0
+        batch, length = x.shape[:2]
+        offsets = padding_offsets(attention_mask, batch, past + length, x.device)
+        k_pos = torch.arange(past + length, device=x.device)[None] - offsets[:, None]  # [B, S]
+        q_pos = k_pos[:, past:]  # [B, T]
+        cos, sin = self.rotary_emb(x, q_pos.clamp(min=0))
+        for layer in self.layers:
+            x = layer(x, cos, sin, q_pos, k_pos, offsets, past_key_values)
+        return BaseModelOutputWithPast(
+            last_hidden_state=self.norm(x), past_key_values=past_key_values if use_cache else None
+        )
+
+
+class SSAForCausalLM(SSAPreTrainedModel, GenerationMixin):
+    """SSA decoder with a (tied) language-model head; `generate` uses the KV cache in both modes."""
+
+    _tied_weights_keys: ClassVar[dict[str, str]] = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: SSAConfig):
+        super().__init__(config)
+        self.model = SSAModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.model.embed_tokens = value
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def set_output_embeddings(self, value: nn.Linear) -> None:
+        self.lm_head = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: DynamicCache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int = 0,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        """Logits `[B, T or logits_to_keep, vocab]`; loss: next-token cross-entropy with `labels`."""
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+        )
+        hidden = out.last_hidden_state
+        if logits_to_keep:
+            hidden = hidden[:, -logits_to_keep:]
+        logits = self.lm_head(hidden)
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(
+                logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs
+            )
+        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=out.past_key_values)
+
+
+__all__ = ["SSACache", "SSAForCausalLM", "SSAModel", "SSAPreTrainedModel"]
