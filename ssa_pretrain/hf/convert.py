@@ -270,7 +270,10 @@ def sample_tokens(cfg: Config, vocab_size: int) -> torch.Tensor:
 
 @torch.no_grad()
 def megatron_logits(state: dict[str, torch.Tensor], cfg: Config, vocab_size: int, tokens, modes) -> dict:
-    """Logits `[B, T, vocab]` per mode of the training model (Megatron, TP=1, fp32, CPU) with `state`."""
+    """Logits `[B, T, vocab]` (on CPU) per mode of the training model (Megatron, TP=1, fp32) with `state`.
+
+    It runs where Megatron runs: on the GPU when there is one (its RoPE moves to the current CUDA device).
+    """
     from megatron.core import parallel_state
 
     from ssa_pretrain.distributed import init_distributed
@@ -280,7 +283,7 @@ def megatron_logits(state: dict[str, torch.Tensor], cfg: Config, vocab_size: int
     if parallel_state.get_tensor_model_parallel_world_size() != 1:
         raise ConversionError("run ssa convert as a single process (the check builds the model with TP=1)")
     one = cfg.model_copy(update={"parallel": cfg.parallel.model_copy(update={"tp": 1, "cp": 1})})
-    model = build_model(one, vocab_size, dtype=torch.float32, device="cpu")
+    model = build_model(one, vocab_size, dtype=torch.float32)
     missing, unexpected = model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
     missing = [k for k in missing if not k.endswith("_extra_state")]
     if missing or unexpected:
@@ -291,21 +294,26 @@ def megatron_logits(state: dict[str, torch.Tensor], cfg: Config, vocab_size: int
     out = {}
     for mode in modes:
         set_attention_mode(model, mode)
-        out[mode] = model(tokens, None, None)[..., :vocab_size].float()
+        out[mode] = (
+            model(tokens.to(model.embedding.word_embeddings.weight.device), None, None)[..., :vocab_size]
+            .float()
+            .cpu()
+        )
     return out
 
 
 @torch.no_grad()
 def hf_logits(out: Path, tokens: torch.Tensor, modes) -> dict:
-    """Logits per mode of the exported model, loaded as a user loads it (fp32)."""
+    """Logits (on CPU) per mode of the exported model, loaded as a user loads it (fp32), on the device the
+    training model's check uses."""
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True, dtype=torch.float32)
-    model.eval()
+    model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
     logits = {}
     for mode in modes:
         model.config.inference_mode = mode
-        logits[mode] = model(tokens, use_cache=False).logits.float()
+        logits[mode] = model(tokens.to(model.device), use_cache=False).logits.float().cpu()
     return logits
 
 
