@@ -32,7 +32,7 @@ def train_command(
             "--nproc-per-node",
             str(nproc),
             "--master-port",
-            str(_free_port()),
+            str(free_port()),
             "-m",
             "ssa_pretrain.train",
         ]
@@ -46,7 +46,7 @@ def read_metrics(run_dir) -> list[dict]:
     return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines() if line]
 
 
-def _free_port() -> int:
+def free_port() -> int:
     import socket
 
     with socket.socket() as s:
