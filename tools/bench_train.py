@@ -91,6 +91,17 @@ def _git_commit() -> str:
     return git.stdout.strip()
 
 
+def run_info(config: str) -> dict[str, str]:
+    """The fields every benchmark line starts with: device, date, git commit, config."""
+    return {
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "date": datetime.date.today().isoformat(),
+        # .git does not travel to a lent GPU machine: GIT_COMMIT=... names the tree there
+        "git": os.environ.get("GIT_COMMIT") or _git_commit(),
+        "config": config,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -114,13 +125,7 @@ def main() -> None:
     init_distributed()
     cpu_shims.install()
     cpu_shims.seed_model_parallel_rng(0)
-    common = {
-        "device": torch.cuda.get_device_name(),
-        "date": datetime.date.today().isoformat(),
-        # .git does not travel to a lent GPU machine: GIT_COMMIT=... names the tree there
-        "git": os.environ.get("GIT_COMMIT") or _git_commit(),
-        "config": args.model,
-    }
+    common = run_info(args.model)
     rows = [
         {
             **common,
