@@ -11,6 +11,7 @@ from ssa_pretrain import train
 from ssa_pretrain.config import ConfigError, apply_overrides, build_config, read_yaml
 from ssa_pretrain.data.cli import add_data_commands
 from ssa_pretrain.errors import exits_on_user_error
+from ssa_pretrain.eval.cli import add_eval_command
 from ssa_pretrain.hf.cli import add_convert_command
 from ssa_pretrain.sweep.cli import add_sweep_commands
 
@@ -73,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_commands(commands)
     add_sweep_commands(commands)
     add_convert_command(commands)
+    add_eval_command(commands)
     return parser
 
 

@@ -1,0 +1,1 @@
+"""`ssa eval`: perplexity, attention sparsity and needle-in-a-haystack of a Hugging Face export."""
