@@ -2,6 +2,7 @@
 
     python tools/bench_attention.py                      # 8K/32K/64K/128K, batch x length = 65,536 tokens
     python tools/bench_attention.py --seqlens 8192 --append docs/perf/bench_attention.jsonl
+    python tools/bench_attention.py --tune --seqlens 65536     # sweep the launch parameters of two kernels
 
 Shape of the issue: bf16, 32 query heads, 2 kv heads, head dim 64, block size 16, 16 blocks; every length runs
 with batch = 65,536 / length (8K x 8, 32K x 2, 64K x 1; 128K x 1). Times are medians of CUDA-event timings
@@ -11,6 +12,8 @@ with batch = 65,536 / length (8K x 8, 32K x 2, 64K x 1; 128K x 1). Times are med
 
 import argparse
 import datetime
+import functools
+import itertools
 import json
 import subprocess
 from collections.abc import Callable
@@ -20,6 +23,8 @@ import torch
 import torch.nn.functional as F
 import triton
 from ssa_kernels import full_attention, select_blocks, sparse_attention
+from ssa_kernels.select_blocks.parallel import select_blocks_fwd
+from ssa_kernels.sparse_attention.parallel import sparse_attention_bwd, sparse_attention_fwd
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 TOKENS = 65_536  # batch x length of every run
@@ -29,6 +34,23 @@ HEADS, KV_HEADS, DIM, BLOCK_SIZE, BLOCK_COUNT = 32, 2, 64, 16, 16
 def bench(fn: Callable[[], object]) -> float:
     """Median milliseconds of `fn` over ~1 s of repeats after warm-up."""
     return triton.testing.do_bench(fn, warmup=100, rep=1000, return_mode="median")
+
+
+def kernel_times(fn: Callable[[], object], iters: int = 10) -> dict[str, float]:
+    """Mean milliseconds per call of every GPU kernel `fn` launches (torch.profiler), by kernel name."""
+    fn()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(iters):
+            fn()
+        torch.cuda.synchronize()
+    times: dict[str, float] = {}
+    for event in prof.key_averages():
+        device_us = getattr(event, "self_device_time_total", None) or getattr(
+            event, "self_cuda_time_total", 0
+        )
+        if device_us > 0:
+            times[event.key[:60]] = device_us / iters / 1000
+    return dict(sorted(times.items(), key=lambda item: -item[1]))
 
 
 def cudnn_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -88,15 +110,44 @@ def run(seq_len: int) -> dict[str, object]:
         "block_size": BLOCK_SIZE,
         "block_count": BLOCK_COUNT,
         "select_ms": select_ms,
+        "select_kernels_ms": kernel_times(lambda: select_blocks(q, k, BLOCK_SIZE, BLOCK_COUNT)),
         "sparse_fwd_ms": sparse_fwd_ms,
         "sparse_fwd_with_select_ms": sparse_fwd_sel_ms,
         "sparse_fwd_bwd_ms": bench(sparse_fwd_bwd),
+        "sparse_fwd_bwd_kernels_ms": kernel_times(sparse_fwd_bwd),
         "full_fwd_ms": full_fwd_ms,
         "cudnn_fwd_ms": cudnn_fwd_ms,
         "full_fwd_bwd_ms": bench(full_fwd_bwd),
         "cudnn_fwd_bwd_ms": bench(cudnn_fwd_bwd),
     }
     return record
+
+
+def tune(seq_len: int) -> list[dict[str, object]]:
+    """Time the selection over score tiles (= top-k segments), the sparse backward over dk/dv tiles."""
+    batch = max(1, TOKENS // seq_len)
+    q = torch.randn(batch, seq_len, HEADS, DIM, device="cuda", dtype=torch.bfloat16)
+    k, v = (torch.randn(batch, seq_len, KV_HEADS, DIM, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    scale = DIM**-0.5
+    reference = select_blocks_fwd(q, k, BLOCK_SIZE, BLOCK_COUNT, scale)
+    base = {"device": torch.cuda.get_device_name(), "git": git_revision(), "seqlen": seq_len, "batch": batch}
+    records = []
+    for rows, blocks, warps in itertools.product([32, 64, 128], [32, 64, 128], [4, 8]):
+        setting = {"tile_rows": rows, "tile_blocks": blocks, "num_warps": warps}
+        fn = functools.partial(select_blocks_fwd, q, k, BLOCK_SIZE, BLOCK_COUNT, scale, **setting)
+        equal_rows = (fn() == reference).all(-1).float().mean().item()  # near-ties flip with the tile
+        records.append({**base, "kernel": "select", **setting, "equal_rows": equal_rows, "ms": bench(fn)})
+    o, lse = sparse_attention_fwd(q, k, v, reference, BLOCK_SIZE, scale)
+    do = torch.randn_like(o)
+    for rows, warps, stages in itertools.product([32, 64, 128], [4, 8], [1, 2, 3]):
+        setting = {"dkdv_rows": rows, "dkdv_warps": warps, "dkdv_stages": stages}
+        fn = functools.partial(
+            sparse_attention_bwd, q, k, v, reference, o, lse, do, None, BLOCK_SIZE, scale, **setting
+        )
+        records.append({**base, "kernel": "sparse_bwd", **setting, "ms": bench(fn)})
+    for record in records:
+        print(json.dumps(record), flush=True)
+    return records
 
 
 def git_revision() -> str:
@@ -115,9 +166,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seqlens", type=int, nargs="+", default=[8192, 32768, 65536, 131072])
     parser.add_argument("--append", type=Path, help="JSON-lines file to append the records to")
+    parser.add_argument("--tune", action="store_true", help="sweep launch parameters instead (JSON lines)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("bench_attention needs a CUDA GPU")
+    if args.tune:
+        for seq_len in args.seqlens:
+            tune(seq_len)
+        return
     columns = [
         "seqlen",
         "batch",

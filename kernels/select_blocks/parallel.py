@@ -1,10 +1,19 @@
-"""Triton block selection: block-mean scores on tensor cores, per-head normaliser, top-k by bitonic merges.
+"""Triton block selection: scores on the tensor cores, then a top-k without a sort (twins of `naive.py`).
 
-One program scores `BT` query tokens of one kv head against every past block, rows = (token, query head of the
-group). Pass 1 computes each row's log-sum-exp over the complete blocks; pass 2 sums the group's softmax
-probabilities per block and keeps a running top-`KP` of 64-bit keys `score bits << 32 | (2^32 - 1 - block)`:
-one integer comparison orders by score, then by ascending block index (the tie rule), so the top-k is a
-bitonic partial sort (`tl.topk`) of the chunk merged with the running list, never a full sort of the row.
+* `block_scores_kernel`: one program scores `BT` query tokens of one kv head against every past block on the
+  tensor cores, rows = (token, query head of the group). Pass 1 computes each row's log-sum-exp over the
+  complete blocks; pass 2 sums the group's softmax probabilities per block, writes the `[BT, BN]` score tiles
+  to a scratch buffer `[B·TC·HKV, NB]` fp32 (only past blocks), and the best key of each tile row — one
+  *segment* of `BN` blocks — to `[B·TC·HKV, NSEG]`. A key is the 64-bit integer `score bits << 32 |
+  (2^32 − 1 − block)`: scores are >= 0, so one integer order sorts by score, then lower block first (the tie
+  rule).
+* `top_blocks_kernel`: the `K − 1` choices of a row, one at a time: the best segment key is the next choice,
+  and only that segment's `BN` scores are re-read to find its next key. Work per row: `K − 1` times the
+  segment list and one segment, instead of a sort of the row.
+
+The query axis is processed in chunks of `TC` tokens so that the scratch buffer stays under
+`SCRATCH_BYTES`. (An earlier single kernel kept a running top-k with a bitonic merge per score tile; the
+merges cost 3/4 of its time: docs/PERFORMANCE.md.)
 """
 
 import torch
@@ -12,16 +21,29 @@ import torch
 from ..backends import tl, triton
 from ..select_blocks.naive import block_means
 
-LOW_BITS = tl.constexpr(0xFFFFFFFF)  # block index j is stored as LOW_BITS - j in the low 32 bits of a key
+SCRATCH_BYTES = 256 * 2**20
+"""Upper bound of the score scratch buffer; longer sequences are scored in query chunks."""
 
 
 @triton.jit
-def select_blocks_kernel(
+def block_keys(x, j, valid):
+    """64-bit keys `score bits << 32 | (2^32 − 1 − block)` of scores `x >= 0` at blocks `j`; `-1` where not
+    `valid`. One integer order sorts by score, then by lower block among equal scores: the tie rule."""
+    keys = (x.to(tl.int32, bitcast=True).to(tl.int64) << 32) | (0xFFFFFFFF - j.to(tl.int64))
+    return tl.where(valid, keys, -1)
+
+
+@triton.jit
+def block_scores_kernel(
     q,  # [B, T, HQ, D]
     kbar,  # [B, HKV, NB, D]
-    out,  # [B, T, HKV, K] int32
+    scores,  # [B * TC * HKV, NB] fp32 scratch, rows (b, token t_start + i, kv head)
+    segment_best,  # [B * TC * HKV, NSEG] int64 scratch: best key of each segment of BN blocks
     T,
     NB,
+    NSEG,
+    t_start,
+    t_count,
     scale_log2,
     HKV: tl.constexpr,
     G: tl.constexpr,
@@ -29,25 +51,24 @@ def select_blocks_kernel(
     D: tl.constexpr,
     DP: tl.constexpr,
     BS: tl.constexpr,
-    K: tl.constexpr,
-    KP: tl.constexpr,
     BT: tl.constexpr,
     BN: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
-    """Grid `(cdiv(T, BT), B * HKV)`; tiles of late tokens (the most past blocks) start first."""
+    """Grid `(cdiv(t_count, BT), B * HKV)`; tiles of late tokens (the most past blocks) start first."""
     pid_bh = tl.program_id(1)
     b, h = pid_bh // HKV, pid_bh % HKV
-    t0 = (tl.num_programs(0) - 1 - tl.program_id(0)) * BT
+    t0 = t_start + (tl.num_programs(0) - 1 - tl.program_id(0)) * BT
+    t_end = tl.minimum(t_start + t_count, T)
     rows = tl.arange(0, BT * GP)
     tok = t0 + rows // GP  # [R]
     head = rows % GP
-    row_ok = (tok < T) & (head < G)
+    row_ok = (tok < t_end) & (head < G)
     d = tl.arange(0, DP)
     q_rows = q + ((b * T + tok).to(tl.int64) * (HKV * G) + h * G + head) * D  # [R]
     qt = tl.load(q_rows[:, None] + d[None, :], mask=row_ok[:, None] & (d[None, :] < D), other=0.0)
     kbar_bh = kbar + pid_bh.to(tl.int64) * NB * D
-    last = tl.minimum(t0 + BT, T) - 1  # last token of the tile
+    last = tl.minimum(t0 + BT, t_end) - 1  # last token of the tile
 
     # pass 1: log2-sum-exp of every row over its complete blocks (j + 1) * BS <= t + 1
     n_complete = (tok + 1) // BS  # [R]
@@ -66,10 +87,10 @@ def select_blocks_kernel(
         m = m_new
     lse = m + tl.log2(acc)  # -inf for rows without a complete block (they have no past block either)
 
-    # pass 2: group scores of the past blocks j < t // BS, running top-KP keys per token
+    # pass 2: group scores of the past blocks j < t // BS -> scratch
     n_past = tok // BS  # [R]
     tok_t = t0 + tl.arange(0, BT)  # [BT]
-    best = tl.full([BT, KP], -1, tl.int64)  # -1 = empty; every real key is >= 0
+    row = ((b * t_count + tok_t - t_start) * HKV + h).to(tl.int64)  # [BT]
     for j0 in range(0, last // BS, BN):
         j = j0 + tl.arange(0, BN)
         kb = tl.load(
@@ -79,33 +100,75 @@ def select_blocks_kernel(
         seen = row_ok[:, None] & (j[None, :] < n_past[:, None])
         p = tl.where(seen, tl.exp2(s - lse[:, None]), 0.0)
         score = tl.sum(tl.reshape(p, [BT, GP, BN]), 1)  # [BT, BN], summed over the group's heads
-        key = (score.to(tl.int32, bitcast=True).to(tl.int64) << 32) | (LOW_BITS - j[None, :].to(tl.int64))
-        key = tl.where(j[None, :] < (tok_t // BS)[:, None], key, -1)
-        worst = tl.min(best, 1)  # [BT], the KP-th best so far
-        if tl.max(tl.max((key > worst[:, None]).to(tl.int32), 1), 0) > 0:  # some key enters a list
-            if BN > KP:  # noqa: SIM108 (a compile-time branch: the two sides differ in shape)
-                cand = tl.topk(key, KP)  # [BT, KP], descending
-            else:
-                cand = key
-            best = tl.topk(tl.reshape(tl.join(best, cand), [BT, 2 * KP]), KP)
+        past = (tok_t[:, None] < t_end) & (j[None, :] < (tok_t // BS)[:, None])
+        tl.store(scores + row[:, None] * NB + j[None, :], score, mask=past)
+        best = tl.max(block_keys(score, j[None, :], past), 1)  # [BT]
+        tl.store(segment_best + row * NSEG + j0 // BN, best, mask=tok_t < t_end)
 
-    block = tl.where(best < 0, -1, LOW_BITS - (best & LOW_BITS)).to(tl.int32)  # [BT, KP], best first
-    slot = tl.arange(0, KP)
-    out_rows = out + ((b * T + tok_t).to(tl.int64) * HKV + h) * K  # [BT]
-    tl.store(out_rows, (tok_t // BS).to(tl.int32), mask=tok_t < T)  # slot 0: the own block
-    tl.store(
-        out_rows[:, None] + 1 + slot[None, :], block, mask=(tok_t[:, None] < T) & (slot[None, :] < K - 1)
-    )
+
+@triton.jit
+def top_blocks_kernel(
+    scores,  # [B * TC * HKV, NB] fp32 scratch
+    segment_best,  # [B * TC * HKV, NSEG] int64 scratch
+    out,  # [B, T, HKV, K] int32
+    T,
+    NB,
+    NSEG,
+    t_start,
+    t_count,
+    num_rows,
+    HKV: tl.constexpr,
+    BS: tl.constexpr,
+    K: tl.constexpr,
+    ROWS: tl.constexpr,
+    NSEGP: tl.constexpr,
+    SEG: tl.constexpr,
+):
+    """Grid `(cdiv(num_rows, ROWS),)`; row `r` = (b, token t_start + i, kv head h), `num_rows = B·TC·HKV`."""
+    r = tl.program_id(0) * ROWS + tl.arange(0, ROWS)  # [ROWS]
+    row_ok = r < num_rows
+    b = r // (t_count * HKV)
+    tok = t_start + (r // HKV) % t_count
+    n_past = tok // BS
+    seg = tl.arange(0, NSEGP)[None, :]
+    written = row_ok[:, None] & (seg < NSEG) & (seg * SEG < n_past[:, None])  # segments holding past blocks
+    best = tl.load(
+        segment_best + r.to(tl.int64)[:, None] * NSEG + seg, mask=written, other=-1
+    )  # [ROWS, NSEGP]
+    row_scores = scores + r.to(tl.int64)[:, None] * NB  # [ROWS, 1]
+    in_seg = tl.arange(0, SEG)[None, :]
+    out_rows = out + ((b * T + tok) * HKV + r % HKV).to(tl.int64) * K  # [ROWS]
+    tl.store(out_rows, n_past.to(tl.int32), mask=row_ok)  # slot 0: the own block
+    for slot in range(1, K):
+        top = tl.max(best, 1)  # [ROWS]: the best key not taken yet, -1 when none is left
+        block = tl.where(top < 0, -1, 0xFFFFFFFF - (top & 0xFFFFFFFF))
+        tl.store(out_rows + slot, block.to(tl.int32), mask=row_ok)
+        top_seg = tl.maximum(block, 0) // SEG  # [ROWS]
+        j = top_seg[:, None] * SEG + in_seg  # [ROWS, SEG]
+        in_past = row_ok[:, None] & (j < n_past[:, None])
+        keys = block_keys(tl.load(row_scores + j, mask=in_past, other=0.0), j, in_past)
+        following = tl.max(tl.where(keys < top[:, None], keys, -1), 1)  # the keys taken are all >= top
+        best = tl.where(seg == top_seg[:, None], following[:, None], best)
 
 
 def select_blocks_fwd(
-    q: torch.Tensor, k: torch.Tensor, block_size: int, block_count: int, scale: float
+    q: torch.Tensor,
+    k: torch.Tensor,
+    block_size: int,
+    block_count: int,
+    scale: float,
+    *,
+    tile_rows: int = 64,
+    tile_blocks: int = 64,
+    num_warps: int = 4,
 ) -> torch.Tensor:
-    """Launch `select_blocks_kernel`.
+    """Launch `block_scores_kernel` and `top_blocks_kernel` over query chunks.
 
     Args:
         q: `[B, T, HQ, D]` fp16/bf16/fp32.
         k: `[B, T, HKV, D]`.
+        tile_rows, tile_blocks, num_warps: the score tile `[(token, head) rows, blocks]` and its warps
+            (`tools/bench_attention.py --tune` sweeps them).
 
     Returns:
         indices: `[B, T, HKV, block_count]` int32, as `naive_select_blocks`.
@@ -114,36 +177,67 @@ def select_blocks_fwd(
     num_kv_heads = k.shape[2]
     group = num_heads // num_kv_heads
     out = torch.empty(batch, seq_len, num_kv_heads, block_count, dtype=torch.int32, device=q.device)
-    if block_count == 1:  # the own block alone
+    num_blocks = seq_len // block_size
+    if block_count == 1 or num_blocks == 0:  # the own block alone (no token has a past block to choose)
         own = torch.arange(seq_len, device=q.device, dtype=torch.int32) // block_size  # [T]
-        return out.copy_(own[None, :, None, None].expand_as(out))
+        out.copy_(own[None, :, None, None].expand_as(out))
+        out[..., 1:] = -1
+        return out
     # block means in fp32, rounded to the input dtype for the tensor cores: [B, NB, HKV, D] -> [B, HKV, NB, D]
     kbar = block_means(k.float(), block_size).transpose(1, 2).to(q.dtype).contiguous()
+    q = q.contiguous()
     group_pad = triton.next_power_of_2(group)
-    tile_tokens = max(1, 64 // group_pad)  # 64 rows of (token, head): 1.6x faster than 128 at 64K on H100
-    block_tile = max(16, triton.next_power_of_2(block_count - 1), 64 if seq_len >= 1024 else 16)
-    grid = (triton.cdiv(seq_len, tile_tokens), batch * num_kv_heads)
-    select_blocks_kernel[grid](
-        q=q.contiguous(),
-        kbar=kbar,
-        out=out,
-        T=seq_len,
-        NB=kbar.shape[2],
-        scale_log2=scale * 1.4426950408889634,
-        HKV=num_kv_heads,
-        G=group,
-        GP=group_pad,
-        D=dim,
-        DP=max(16, triton.next_power_of_2(dim)),
-        BS=block_size,
-        K=block_count,
-        KP=max(16, triton.next_power_of_2(block_count - 1)),
-        BT=tile_tokens,
-        BN=block_tile,
-        PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-        num_warps=4,
-        num_stages=2,
-    )
+    tile_tokens = max(1, tile_rows // group_pad)
+    row_bytes = batch * num_kv_heads * num_blocks * 4
+    chunk = min(seq_len, max(tile_tokens, SCRATCH_BYTES // row_bytes // tile_tokens * tile_tokens))
+    scratch = torch.empty(batch * chunk * num_kv_heads * num_blocks, dtype=torch.float32, device=q.device)
+    num_segments = triton.cdiv(num_blocks, tile_blocks)
+    segment_best = torch.empty(batch * chunk * num_kv_heads, num_segments, dtype=torch.int64, device=q.device)
+    padded_segments = triton.next_power_of_2(num_segments)
+    top_rows = max(1, min(64, 2048 // padded_segments))
+    for t_start in range(0, seq_len, chunk):
+        t_count = min(chunk, seq_len - t_start)
+        block_scores_kernel[(triton.cdiv(t_count, tile_tokens), batch * num_kv_heads)](
+            q=q,
+            kbar=kbar,
+            scores=scratch,
+            segment_best=segment_best,
+            T=seq_len,
+            NB=num_blocks,
+            NSEG=num_segments,
+            t_start=t_start,
+            t_count=t_count,
+            scale_log2=scale * 1.4426950408889634,
+            HKV=num_kv_heads,
+            G=group,
+            GP=group_pad,
+            D=dim,
+            DP=max(16, triton.next_power_of_2(dim)),
+            BS=block_size,
+            BT=tile_tokens,
+            BN=tile_blocks,
+            PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+            num_warps=num_warps,
+            num_stages=2,
+        )
+        num_rows = batch * t_count * num_kv_heads
+        top_blocks_kernel[(triton.cdiv(num_rows, top_rows),)](
+            scores=scratch,
+            segment_best=segment_best,
+            out=out,
+            T=seq_len,
+            NB=num_blocks,
+            NSEG=num_segments,
+            t_start=t_start,
+            t_count=t_count,
+            num_rows=num_rows,
+            HKV=num_kv_heads,
+            BS=block_size,
+            K=block_count,
+            ROWS=top_rows,
+            NSEGP=padded_segments,
+            SEG=tile_blocks,
+        )
     return out
 
 

@@ -46,6 +46,21 @@ def select_case(shape: Shape) -> None:
     assert torch.equal(out, ref), f"{(out != ref).sum()} indices differ"
 
 
+def chunked_select_case() -> None:
+    """Query chunks (a scratch budget of 40 tokens) and score tiles / top-k segments of 16 blocks."""
+    from ssa_kernels.select_blocks import naive_select_blocks, parallel
+
+    budget = parallel.SCRATCH_BYTES
+    parallel.SCRATCH_BYTES = 2 * 2 * (150 // 4) * 4 * 40  # B * HKV * NB * fp32 * 40 tokens
+    try:
+        q, k = torch.randn(2, 150, 4, 8), torch.randn(2, 150, 2, 8)
+        out = parallel.select_blocks_fwd(q, k, 4, 5, 8**-0.5, tile_blocks=16)
+        ref = naive_select_blocks(q, k, 4, 5)
+        assert torch.equal(out, ref), f"{(out != ref).sum()} indices differ"
+    finally:
+        parallel.SCRATCH_BYTES = budget
+
+
 def tie_case() -> None:
     """Equal scores rank the lower block first (every block holds the same keys)."""
     from ssa_kernels.select_blocks.parallel import parallel_select_blocks
@@ -90,6 +105,7 @@ def cases() -> dict[str, Callable[[], None]]:
         f"select-{n}": lambda n=n: select_case(SHAPES[n]) for n in SELECT_CASES
     }
     found["select-tie-rule"] = tie_case
+    found["select-query-chunks-small-segments"] = chunked_select_case
     found.update({f"sparse-{n}": lambda s=s: sparse_case(s) for n, s in SPARSE_CASES.items()})
     return found
 

@@ -104,6 +104,24 @@ def test_select_blocks_fp32(shape: Shape, poison: None) -> None:
     assert equal_rows >= 0.99, f"only {equal_rows:.2%} of rows equal the reference"
 
 
+def test_select_blocks_query_chunks_and_segments(monkeypatch: pytest.MonkeyPatch, poison: None) -> None:
+    # fp32: exact products, so the indices do not depend on the tiling: the same in 14 query chunks (a
+    # scratch budget of ~300 tokens), and with score tiles / top-k segments of 16 blocks instead of 64
+    from ssa_kernels.select_blocks import parallel
+
+    shape = GPU_SHAPES["g16-T4099-d64-k16"]
+    q, k, _ = random_inputs(shape, torch.float32)
+    whole = select_blocks(q, k, shape.block_size, shape.block_count)
+    segments = parallel.select_blocks_fwd(q, k, shape.block_size, shape.block_count, 0.125, tile_blocks=16)
+    row_bytes = shape.batch * shape.kv_heads * (shape.seq_len // shape.block_size) * 4
+    monkeypatch.setattr(parallel, "SCRATCH_BYTES", 300 * row_bytes)
+    chunked = select_blocks(q, k, shape.block_size, shape.block_count)
+    assert (chunked == whole).all(-1).float().mean() == 1.0, "query chunks"
+    assert (segments == whole).all(-1).float().mean() >= 0.999, (
+        "segments of 16 (summation order may flip ties)"
+    )
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_select_blocks_tie_rule(dtype: torch.dtype, poison: None) -> None:
     # every block holds the same keys: all past blocks tie and rank by ascending index
