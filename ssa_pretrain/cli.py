@@ -1,4 +1,4 @@
-"""The `ssa` command: train, data, sweep, convert, params, plot. `ssa COMMAND --help` documents each."""
+"""The `ssa` command: train, data, sweep, convert, eval, params, plot. `ssa COMMAND --help` documents each."""
 
 from __future__ import annotations
 
