@@ -74,6 +74,15 @@ class OutputDir:
         else:
             self.staging.rename(self.out)
 
+    def publish(
+        self, name: str, report: dict, markdown: Callable[[dict], str], plot: Callable[[dict, Path], None]
+    ) -> None:
+        """Write `NAME.json`, `NAME.md` (`markdown(report)`) and `NAME.png` (`plot`); publish them at once."""
+        with self as staging:
+            write_json(staging / f"{name}.json", report)
+            (staging / f"{name}.md").write_text(markdown(report))
+            plot(report, staging / f"{name}.png")
+
 
 def write_json(path: Path, data: Any) -> None:
     """Indented JSON; NaN and inf are written as null (strict JSON readers reject them)."""

@@ -45,7 +45,6 @@ from ssa_pretrain.eval.common import (
     positive_ints,
     pyplot,
     set_mode,
-    write_json,
 )
 
 log = logging.getLogger(__name__)
@@ -239,10 +238,7 @@ def evaluate_niah(
         "seconds": round(time.time() - start, 2),
         "cells": cells,
     }
-    with output as staging:
-        write_json(staging / "niah.json", report)
-        (staging / "niah.md").write_text(niah_markdown(report))
-        plot_niah(report, staging / "niah.png")
+    output.publish("niah", report, niah_markdown, plot_niah)
     return report
 
 

@@ -32,7 +32,6 @@ from ssa_pretrain.eval.common import (
     pyplot,
     set_mode,
     token_windows,
-    write_json,
 )
 
 log = logging.getLogger(__name__)
@@ -127,10 +126,7 @@ def evaluate_ppl(
         "seconds": round(time.time() - start, 2),
         "results": results,
     }
-    with output as staging:
-        write_json(staging / "ppl.json", report)
-        (staging / "ppl.md").write_text(ppl_markdown(report))
-        plot_ppl(report, staging / "ppl.png")
+    output.publish("ppl", report, ppl_markdown, plot_ppl)
     return report
 
 

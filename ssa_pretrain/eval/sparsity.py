@@ -37,7 +37,6 @@ from ssa_pretrain.eval.common import (
     pyplot,
     set_mode,
     token_windows,
-    write_json,
 )
 from ssa_pretrain.eval.ppl import LOGIT_CHUNK
 
@@ -195,10 +194,7 @@ def evaluate_sparsity(
         "seconds": round(time.time() - start, 2),
         "layers": layers,
     }
-    with output as staging:
-        write_json(staging / "sparsity.json", report)
-        (staging / "sparsity.md").write_text(sparsity_markdown(report))
-        plot_sparsity(report, staging / "sparsity.png")
+    output.publish("sparsity", report, sparsity_markdown, plot_sparsity)
     return report
 
 
