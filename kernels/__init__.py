@@ -6,7 +6,7 @@ and the test oracle); the op's public function is where a device-specific kernel
 
 from .full_attention import full_attention
 from .merge import merge
-from .select_blocks import select_blocks
+from .select_blocks import select_blocks, select_blocks_from_means
 from .sparse_attention import sparse_attention
 
-__all__ = ["full_attention", "merge", "select_blocks", "sparse_attention"]
+__all__ = ["full_attention", "merge", "select_blocks", "select_blocks_from_means", "sparse_attention"]

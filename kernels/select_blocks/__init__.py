@@ -4,12 +4,17 @@ import torch
 
 from ..backends import HAS_TRITON, use_triton
 from ..utils import check_positive, check_qkv
-from .naive import naive_select_blocks
+from .naive import naive_select_blocks, naive_select_blocks_from_means
 
 if HAS_TRITON:
-    from .parallel import parallel_select_blocks
+    from .parallel import parallel_select_blocks, parallel_select_blocks_from_means
 
-__all__ = ["naive_select_blocks", "select_blocks"]
+__all__ = [
+    "naive_select_blocks",
+    "naive_select_blocks_from_means",
+    "select_blocks",
+    "select_blocks_from_means",
+]
 
 
 def select_blocks(
@@ -40,3 +45,39 @@ def select_blocks(
     if use_triton("select_blocks", q):
         return parallel_select_blocks(q, k, block_size, block_count, scale)
     return naive_select_blocks(q, k, block_size, block_count, scale)
+
+
+def select_blocks_from_means(
+    q: torch.Tensor,
+    kbar: torch.Tensor,
+    q_start: int,
+    block_size: int,
+    block_count: int,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """`select_blocks` for a run of queries against given block means (context parallelism: a rank's share
+    of the queries, the all-gathered means of the whole sequence).
+
+    Args:
+        q: `[B, R, HQ, D]`, the queries at positions `q_start … q_start + R − 1`.
+        kbar: `[B, NB, HKV, D]` fp32 means of the complete key blocks (`block_means`), at least every block
+            before the last query.
+
+    Returns:
+        indices: `[B, R, HKV, K]` int32 global block ids: the rows of `select_blocks` on the whole sequence.
+    """
+    check_positive(block_size=block_size, block_count=block_count)
+    if q.shape[0] != kbar.shape[0] or q.shape[3] != kbar.shape[3] or q.shape[2] % kbar.shape[2]:
+        raise ValueError(
+            f"q {tuple(q.shape)} and kbar {tuple(kbar.shape)} do not match ([B, R, HQ, D], [B, NB, HKV, D])"
+        )
+    if kbar.shape[1] < (q_start + q.shape[1] - 1) // block_size:
+        raise ValueError(
+            f"kbar holds {kbar.shape[1]} blocks; queries up to {q_start + q.shape[1] - 1} need more"
+        )
+    if use_triton("select_blocks", q):
+        scale = q.shape[-1] ** -0.5 if scale is None else scale
+        return parallel_select_blocks_from_means(
+            q.contiguous(), kbar, q_start, block_size, block_count, scale
+        )
+    return naive_select_blocks_from_means(q, kbar, q_start, block_size, block_count, scale)

@@ -68,11 +68,37 @@ def top_blocks(scores: torch.Tensor, start: int, block_size: int, block_count: i
 
 
 def _select_chunk(
-    start: int, q: torch.Tensor, kbar: torch.Tensor, block_size: int, block_count: int, scale: float
+    start: int,
+    q: torch.Tensor,
+    kbar: torch.Tensor,
+    q_start: int,
+    block_size: int,
+    block_count: int,
+    scale: float,
 ) -> tuple[torch.Tensor]:
-    """q `[B, C, HQ, D]`, kbar `[B, NB, HKV, D]` -> (indices `[B, C, HKV, block_count]` int64,)."""
-    scores = block_scores(q.to(kbar.dtype), kbar, start, block_size, scale)
-    return (top_blocks(scores, start, block_size, block_count),)
+    """q `[B, C, HQ, D]` at positions `q_start + start …`, kbar `[B, NB, HKV, D]` -> (`[B, C, HKV, K]`,)."""
+    scores = block_scores(q.to(kbar.dtype), kbar, q_start + start, block_size, scale)
+    return (top_blocks(scores, q_start + start, block_size, block_count),)
+
+
+@torch.no_grad()
+def naive_select_blocks_from_means(
+    q: torch.Tensor,
+    kbar: torch.Tensor,
+    q_start: int,
+    block_size: int,
+    block_count: int,
+    scale: float | None = None,
+    *,
+    chunk_size: int = QUERY_CHUNK_SIZE,
+) -> torch.Tensor:
+    """Reference of `ssa_kernels.select_blocks_from_means`: queries `[B, R, HQ, D]` at positions
+    `q_start … q_start + R − 1` against the block means `kbar [B, NB, HKV, D]` of the sequence ->
+    `[B, R, HKV, K]` int32 (the rows of `naive_select_blocks` for those positions)."""
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    args = (kbar, q_start, block_size, block_count, scale)
+    (indices,) = map_query_chunks(_select_chunk, chunk_size, (q,), *args)
+    return indices.to(torch.int32)
 
 
 @torch.no_grad()
@@ -95,7 +121,5 @@ def naive_select_blocks(
     Returns:
         indices: `[B, T, HKV, block_count]` int32.
     """
-    scale = q.shape[-1] ** -0.5 if scale is None else scale
     kbar = block_means(k.to(accumulation_dtype(k)), block_size)  # [B, NB, HKV, D]
-    (indices,) = map_query_chunks(_select_chunk, chunk_size, (q,), kbar, block_size, block_count, scale)
-    return indices.to(torch.int32)
+    return naive_select_blocks_from_means(q, kbar, 0, block_size, block_count, scale, chunk_size=chunk_size)

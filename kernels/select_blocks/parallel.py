@@ -42,6 +42,7 @@ def block_scores_kernel(
     T,
     NB,
     NSEG,
+    q_start,
     t_start,
     t_count,
     scale_log2,
@@ -55,7 +56,10 @@ def block_scores_kernel(
     BN: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
-    """Grid `(cdiv(t_count, BT), B * HKV)`; tiles of late tokens (the most past blocks) start first."""
+    """Grid `(cdiv(t_count, BT), B * HKV)`; tiles of late tokens (the most past blocks) start first.
+
+    Query row `t` is at position `q_start + t` (a context-parallel share); `kbar` covers the sequence.
+    """
     pid_bh = tl.program_id(1)
     b, h = pid_bh // HKV, pid_bh % HKV
     t0 = t_start + (tl.num_programs(0) - 1 - tl.program_id(0)) * BT
@@ -68,10 +72,10 @@ def block_scores_kernel(
     q_rows = q + ((b * T + tok).to(tl.int64) * (HKV * G) + h * G + head) * D  # [R]
     qt = tl.load(q_rows[:, None] + d[None, :], mask=row_ok[:, None] & (d[None, :] < D), other=0.0)
     kbar_bh = kbar + pid_bh.to(tl.int64) * NB * D
-    last = tl.minimum(t0 + BT, t_end) - 1  # last token of the tile
+    last = q_start + tl.minimum(t0 + BT, t_end) - 1  # position of the last token of the tile
 
     # pass 1: log2-sum-exp of every row over its complete blocks (j + 1) * BS <= t + 1
-    n_complete = (tok + 1) // BS  # [R]
+    n_complete = (q_start + tok + 1) // BS  # [R]
     m = tl.full([BT * GP], float("-inf"), tl.float32)
     acc = tl.zeros([BT * GP], tl.float32)
     for j0 in range(0, (last + 1) // BS, BN):
@@ -88,7 +92,7 @@ def block_scores_kernel(
     lse = m + tl.log2(acc)  # -inf for rows without a complete block (they have no past block either)
 
     # pass 2: group scores of the past blocks j < t // BS -> scratch
-    n_past = tok // BS  # [R]
+    n_past = (q_start + tok) // BS  # [R]
     tok_t = t0 + tl.arange(0, BT)  # [BT]
     row = ((b * t_count + tok_t - t_start) * HKV + h).to(tl.int64)  # [BT]
     for j0 in range(0, last // BS, BN):
@@ -100,7 +104,7 @@ def block_scores_kernel(
         seen = row_ok[:, None] & (j[None, :] < n_past[:, None])
         p = tl.where(seen, tl.exp2(s - lse[:, None]), 0.0)
         score = tl.sum(tl.reshape(p, [BT, GP, BN]), 1)  # [BT, BN], summed over the group's heads
-        past = (tok_t[:, None] < t_end) & (j[None, :] < (tok_t // BS)[:, None])
+        past = (tok_t[:, None] < t_end) & (j[None, :] < ((q_start + tok_t) // BS)[:, None])
         tl.store(scores + row[:, None] * NB + j[None, :], score, mask=past)
         best = tl.max(block_keys(score, j[None, :], past), 1)  # [BT]
         tl.store(segment_best + row * NSEG + j0 // BN, best, mask=tok_t < t_end)
@@ -114,6 +118,7 @@ def top_blocks_kernel(
     T,
     NB,
     NSEG,
+    q_start,
     t_start,
     t_count,
     num_rows,
@@ -129,7 +134,7 @@ def top_blocks_kernel(
     row_ok = r < num_rows
     b = r // (t_count * HKV)
     tok = t_start + (r // HKV) % t_count
-    n_past = tok // BS
+    n_past = (q_start + tok) // BS
     seg = tl.arange(0, NSEGP)[None, :]
     written = row_ok[:, None] & (seg < NSEG) & (seg * SEG < n_past[:, None])  # segments holding past blocks
     best = tl.load(
@@ -151,9 +156,10 @@ def top_blocks_kernel(
         best = tl.where(seg == top_seg[:, None], following[:, None], best)
 
 
-def select_blocks_fwd(
+def parallel_select_blocks_from_means(
     q: torch.Tensor,
-    k: torch.Tensor,
+    kbar: torch.Tensor,
+    q_start: int,
     block_size: int,
     block_count: int,
     scale: float,
@@ -165,26 +171,27 @@ def select_blocks_fwd(
     """Launch `block_scores_kernel` and `top_blocks_kernel` over query chunks.
 
     Args:
-        q: `[B, T, HQ, D]` fp16/bf16/fp32.
-        k: `[B, T, HKV, D]`.
+        q: `[B, R, HQ, D]` fp16/bf16/fp32, the queries at sequence positions `q_start … q_start + R − 1`.
+        kbar: `[B, NB, HKV, D]` fp32 means of the complete key blocks of the sequence (at least those before
+            the last query: context parallelism all-gathers them).
         tile_rows, tile_blocks, num_warps: the score tile `[(token, head) rows, blocks]` and its warps
             (`tools/bench_attention.py --tune` sweeps them).
 
     Returns:
-        indices: `[B, T, HKV, block_count]` int32, as `naive_select_blocks`.
+        indices: `[B, R, HKV, block_count]` int32 global block ids, the rows of `naive_select_blocks` for
+        these positions.
     """
     batch, seq_len, num_heads, dim = q.shape
-    num_kv_heads = k.shape[2]
+    num_blocks, num_kv_heads = kbar.shape[1], kbar.shape[2]
     group = num_heads // num_kv_heads
     out = torch.empty(batch, seq_len, num_kv_heads, block_count, dtype=torch.int32, device=q.device)
-    num_blocks = seq_len // block_size
     if block_count == 1 or num_blocks == 0:  # the own block alone (no token has a past block to choose)
-        own = torch.arange(seq_len, device=q.device, dtype=torch.int32) // block_size  # [T]
+        own = torch.arange(q_start, q_start + seq_len, device=q.device, dtype=torch.int32) // block_size
         out.copy_(own[None, :, None, None].expand_as(out))
         out[..., 1:] = -1
         return out
-    # block means in fp32, rounded to the input dtype for the tensor cores: [B, NB, HKV, D] -> [B, HKV, NB, D]
-    kbar = block_means(k.float(), block_size).transpose(1, 2).to(q.dtype).contiguous()
+    # rounded to the input dtype for the tensor cores: [B, NB, HKV, D] -> [B, HKV, NB, D]
+    kbar = kbar.transpose(1, 2).to(q.dtype).contiguous()
     q = q.contiguous()
     group_pad = triton.next_power_of_2(group)
     tile_tokens = max(1, tile_rows // group_pad)
@@ -205,6 +212,7 @@ def select_blocks_fwd(
             T=seq_len,
             NB=num_blocks,
             NSEG=num_segments,
+            q_start=q_start,
             t_start=t_start,
             t_count=t_count,
             scale_log2=scale * 1.4426950408889634,
@@ -228,6 +236,7 @@ def select_blocks_fwd(
             T=seq_len,
             NB=num_blocks,
             NSEG=num_segments,
+            q_start=q_start,
             t_start=t_start,
             t_count=t_count,
             num_rows=num_rows,
@@ -239,6 +248,15 @@ def select_blocks_fwd(
             SEG=tile_blocks,
         )
     return out
+
+
+def select_blocks_fwd(
+    q: torch.Tensor, k: torch.Tensor, block_size: int, block_count: int, scale: float, **tiles: int
+) -> torch.Tensor:
+    """`parallel_select_blocks_from_means` of the whole sequence: q `[B, T, HQ, D]`, k `[B, T, HKV, D]`."""
+    return parallel_select_blocks_from_means(
+        q, block_means(k.float(), block_size), 0, block_size, block_count, scale, **tiles
+    )
 
 
 @torch.no_grad()

@@ -35,8 +35,9 @@ from dataclasses import dataclass
 import ssa_kernels
 import torch
 import torch.distributed as dist
-from ssa_kernels.select_blocks.naive import block_means, block_scores, top_blocks
-from ssa_kernels.utils import QUERY_CHUNK_SIZE, accumulation_dtype, check_positive, check_qkv
+from ssa_kernels import select_blocks_from_means
+from ssa_kernels.select_blocks.naive import block_means
+from ssa_kernels.utils import accumulation_dtype, check_positive, check_qkv
 
 from .collectives import Ring, all_gather_nograd, group_rank_size
 from .layout import check_cp_seq_len, chunk_ids, unsplit_sequence
@@ -69,9 +70,10 @@ def context_parallel_select_blocks(
 ) -> torch.Tensor:
     """`ssa_kernels.select_blocks` for this rank's queries against the global sequence (no gradient).
 
-    The block-key means of every rank are all-gathered (`[B, T / BS, HKV, D]`, small); scores and top-k are
-    the reference sub-steps (`block_scores`, `top_blocks`) at the queries' global positions, so the result
-    is the rows of the single-process `select_blocks` on the full sequence that belong to this rank.
+    The block-key means of every rank are all-gathered (`[B, T / BS, HKV, D]`, small); each half of the local
+    queries is selected against them at its global positions (`ssa_kernels.select_blocks_from_means`: the
+    Triton kernel on CUDA), so the result is the rows of the single-process `select_blocks` on the full
+    sequence that belong to this rank.
 
     Args:
         q: `[B, 2C, HQ, D]` local queries; k: `[B, 2C, HKV, D]` local keys (load-balanced layout).
@@ -86,18 +88,15 @@ def context_parallel_select_blocks(
     rank, size = group_rank_size(group)
     _check_inputs(q, k, None, size, block_size)
     check_positive(block_count=block_count)
-    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    selection = (block_size, block_count, q.shape[-1] ** -0.5 if scale is None else scale)
     chunk = q.shape[1] // 2
     local_means = block_means(k.to(accumulation_dtype(k)), block_size)  # [B, 2C / BS, HKV, D]
     kbar = unsplit_sequence(all_gather_nograd(local_means, group).unbind(0), dim=1)  # [B, T / BS, HKV, D]
-    parts = []
-    for half, chunk_id in enumerate(chunk_ids(rank, size)):
-        for offset in range(0, chunk, QUERY_CHUNK_SIZE):  # bounds the [B, rows, HQ, NB] scores
-            rows = q[:, half * chunk + offset : half * chunk + min(chunk, offset + QUERY_CHUNK_SIZE)]
-            start = chunk_id * chunk + offset  # global position of the first row
-            scores = block_scores(rows.to(kbar.dtype), kbar, start, block_size, scale)  # [B, R, HKV, NB]
-            parts.append(top_blocks(scores, start, block_size, block_count))
-    return torch.cat(parts, dim=1).to(torch.int32)
+    halves = [
+        select_blocks_from_means(q[:, half * chunk : (half + 1) * chunk], kbar, chunk_id * chunk, *selection)
+        for half, chunk_id in enumerate(chunk_ids(rank, size))
+    ]
+    return torch.cat(halves, dim=1)
 
 
 # ------------------------------------------------------------------------------------ one ring step

@@ -61,6 +61,20 @@ def chunked_select_case() -> None:
         parallel.SCRATCH_BYTES = budget
 
 
+def offset_select_case() -> None:
+    """`select_blocks_from_means` (a context-parallel rank's queries at their global positions): the rows of
+    the whole-sequence reference."""
+    from ssa_kernels import select_blocks_from_means
+    from ssa_kernels.select_blocks import naive_select_blocks
+    from ssa_kernels.select_blocks.naive import block_means
+
+    q, k = torch.randn(2, 96, 8, 8), torch.randn(2, 96, 2, 8)
+    ref, kbar = naive_select_blocks(q, k, 4, 6), block_means(k, 4)
+    for start, stop in [(0, 24), (24, 48), (72, 96), (5, 30)]:
+        out, expected = select_blocks_from_means(q[:, start:stop], kbar, start, 4, 6), ref[:, start:stop]
+        assert torch.equal(out, expected), f"rows {start}:{stop}: {(out != expected).sum()} differ"
+
+
 def tie_case() -> None:
     """Equal scores rank the lower block first (every block holds the same keys)."""
     from ssa_kernels.select_blocks.parallel import parallel_select_blocks
@@ -105,6 +119,7 @@ def cases() -> dict[str, Callable[[], None]]:
         f"select-{n}": lambda n=n: select_case(SHAPES[n]) for n in SELECT_CASES
     }
     found["select-tie-rule"] = tie_case
+    found["select-from-means-at-offsets"] = offset_select_case
     found["select-query-chunks-small-segments"] = chunked_select_case
     found.update({f"sparse-{n}": lambda s=s: sparse_case(s) for n, s in SPARSE_CASES.items()})
     return found

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 import torch
-from ssa_kernels import full_attention, select_blocks, sparse_attention
+from ssa_kernels import full_attention, select_blocks, select_blocks_from_means, sparse_attention
 from ssa_kernels.full_attention import naive_full_attention
 from ssa_kernels.select_blocks import naive_select_blocks
 from ssa_kernels.select_blocks.naive import block_means, block_scores
@@ -120,6 +120,20 @@ def test_select_blocks_query_chunks_and_segments(monkeypatch: pytest.MonkeyPatch
     assert (segments == whole).all(-1).float().mean() >= 0.999, (
         "segments of 16 (summation order may flip ties)"
     )
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_select_blocks_from_means_at_offsets(dtype: torch.dtype, poison: None) -> None:
+    # a context-parallel rank's query runs (the load-balanced halves of CP = 4) at their global positions
+    shape = GPU_SHAPES["g16-T4099-d64-k16"]._replace(seq_len=4096)
+    q, k, _ = random_inputs(shape, dtype)
+    whole = select_blocks(q, k, shape.block_size, shape.block_count)
+    kbar = block_means(k.detach().float(), shape.block_size)
+    for start in (0, 512, 2048, 3584):
+        rows = select_blocks_from_means(
+            q[:, start : start + 512], kbar, start, shape.block_size, shape.block_count
+        )
+        assert torch.equal(rows, whole[:, start : start + 512]), f"rows from {start}"
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
