@@ -11,8 +11,11 @@ from the 1-GPU measurements in docs/perf (H100: `bench_attention.jsonl` kernel t
 * full attention: CP = 1 the measured kernel; CP = P a ring of P steps of `T/P x T/P` causal-equivalent pairs
   each (the load-balanced layout makes every step the same size), and the ring's backward recomputes every
   step's forward (`parallel/context.py`), so P x (fwd + fwd/bwd) of a `T/P` attention;
-* selection: CP = 1 the Triton kernel as measured; CP > 1 the plain-PyTorch sub-steps `block_scores` /
-  `top_blocks` on `[rows, heads, T / BS]` fp32 scores, memory-bound: `SELECT_BYTES` per score over HBM;
+* selection: the Triton kernels as measured (`block_scores_kernel`: every query row against the blocks before
+  it; `top_blocks_kernel`: the segment top-k per row). CP = 1 `select_blocks` on the sequence; CP = P
+  `select_blocks_from_means` on each load-balanced half of this rank's rows (`q_start` = the half's global
+  position) against the all-gathered block means: chunks `r` and `2P-1-r` hold 1/P of the causal row x
+  block pairs and 1/P of the rows, so `select(T) / P` at the measured rate;
 * sparse attention: per query row as measured on one GPU; under CP every ring step runs the kernel on all
   its rows (the kernel's grid is per row), `2C` rows at step 0 and `3C` (padded, `_past_sparse`) after —
   an upper bound, since rows without a selected block in the visiting chunk only do masked loads;
@@ -24,8 +27,9 @@ from the 1-GPU measurements in docs/perf (H100: `bench_attention.jsonl` kernel t
   ZeRO over DP x CP, plus activations per token as measured at 8K (none, selective); full recompute: none.
 
 Not modelled: merges and other element-wise work of the ring, kernel efficiency at small chunks beyond the
-pair-rate scaling, H200-vs-H100 compute (taken equal: same GH100 compute; only the selection term uses H200's
-HBM bandwidth). Every number printed is computed here from the measured lines and these assumptions.
+pair-rate scaling (e.g. the selection launched on `T / 2P` rows), H200-vs-H100 speed (taken equal: every
+compute term is the H100 measurement; `--hardware` sets the memory per GPU). Every number printed is
+computed here from the measured lines and these assumptions.
 
     python tools/scaling_model.py                                  # one node: ring overlap + step table
     python tools/scaling_model.py --multi-node                     # 64 GPUs over 8 nodes
@@ -48,11 +52,6 @@ REPO = Path(__file__).resolve().parents[1]
 PERF = REPO / "docs" / "perf"
 GPUS_PER_NODE = 8
 BF16, FP32 = 2, 4
-# Bytes moved per fp32 score `[row, query head, block]` by the CP selection's PyTorch sub-steps, counted
-# from kernels/select_blocks/naive.py + utils.softmax_lse: einsum write 4, scale 8, mask 8, amax 4, subtract
-# 8, exp 8, sum 4, divide 8, head-group sum 4 = 56, then the stable sort of [rows, kv heads, blocks] (values +
-# int64 indices, ~10 passes of 12 B, shared by G = 16 heads: ~8 B per score).
-SELECT_BYTES = 64
 
 
 @dataclass(frozen=True)
@@ -60,8 +59,6 @@ class Hardware:
     """Assumed machine (not measured here): bandwidths are effective ones, ~80 % of nominal."""
 
     name: str
-    hbm_gbs: float
-    """HBM bandwidth, GB/s (the CP selection is memory-bound)."""
     link_gbs: float
     """Point-to-point bandwidth per GPU and direction inside a node, GB/s."""
     link_latency_us: float
@@ -75,11 +72,10 @@ class Hardware:
 
 
 HARDWARE = {
-    # NVLink4 through NVSwitch: 450 GB/s per direction nominal -> 360; HBM3e 4.8 TB/s -> 3840;
-    # 8 x 400 Gb/s InfiniBand per node, one NIC per GPU: 50 GB/s nominal -> 40.
-    "h200": Hardware("8 x H200 SXM (NVLink4), 8 x 400 Gb/s IB per node", 3840, 360, 10, 40, 20, 139),
-    # HBM3 3.35 TB/s -> 2680; same NVLink4 and network assumptions.
-    "h100": Hardware("8 x H100 SXM 80GB (NVLink4), 8 x 400 Gb/s IB per node", 2680, 360, 10, 40, 20, 78),
+    # NVLink4 through NVSwitch: 450 GB/s per direction nominal -> 360; 8 x 400 Gb/s InfiniBand per node, one
+    # NIC per GPU: 50 GB/s nominal -> 40. The kinds differ in memory only (compute: the H100 calibration).
+    "h200": Hardware("8 x H200 SXM (NVLink4), 8 x 400 Gb/s IB per node", 360, 10, 40, 20, 139),
+    "h100": Hardware("8 x H100 SXM 80GB (NVLink4), 8 x 400 Gb/s IB per node", 360, 10, 40, 20, 78),
 }
 
 
@@ -163,13 +159,11 @@ class Calibration:
 class Model:
     """Per-rank time of one optimizer step of `Point` on `Hardware`, by term (milliseconds)."""
 
-    def __init__(
-        self, cfg: Config, calibration: Calibration, hardware: Hardware, recompute: str, cp_selection: str
-    ):
-        self.cal, self.hw, self.recompute, self.cp_selection = calibration, hardware, recompute, cp_selection
+    def __init__(self, cfg: Config, calibration: Calibration, hardware: Hardware, recompute: str):
+        self.cal, self.hw, self.recompute = calibration, hardware, recompute
         m = cfg.model
-        self.layers, self.hidden, self.heads = m.num_layers, m.hidden_size, m.num_attention_heads
-        self.kv_heads, self.head_dim, self.block = m.num_kv_heads, m.kv_channels, cfg.ssa.block_size
+        self.layers, self.hidden, self.kv_heads = m.num_layers, m.hidden_size, m.num_kv_heads
+        self.head_dim, self.block = m.kv_channels, cfg.ssa.block_size
 
     def _bandwidth(self, ranks: int) -> tuple[float, float]:
         """(GB/s, latency µs) of a collective or ring over `ranks` consecutive GPUs."""
@@ -235,10 +229,8 @@ class Model:
         else:
             full = P * (k("full_fwd_ms", n) + k("full_fwd_bwd_ms", n))  # forward ring + backward ring
             rows = n + (P - 1) * 1.5 * n  # step 0: 2C rows; later steps 3C (queries + padding)
-            if self.cp_selection == "reference":  # what parallel/context.py runs today
-                select = SELECT_BYTES * n * self.heads * (p.seq_len / self.block) / (self.hw.hbm_gbs * 1e6)
-            else:  # what-if: the Triton kernel's measured rate on this rank's rows x all blocks
-                select = k("select_ms", p.seq_len) / P
+            # the Triton kernels on this rank's two halves: 1/P of the rows and of the causal row-block pairs
+            select = k("select_ms", p.seq_len) / P
             sparse = rows * (row_fwd + row_fb)  # forward + backward (with its recomputed forward)
             attention_fwd = P * k("full_fwd_ms", n) + rows * row_fwd + select
         terms = {
@@ -426,9 +418,9 @@ def calibration_lines(model: Model) -> list[str]:
         f"extra {cal.selective_ms * 1e3:.2f} µs/token; activations {activation['none']} (no recompute), "
         f"{activation['selective']} (selective); "
         f"{cal.params:,} parameters; kernel lengths {sorted(cal.kernels)}.",
-        f"Hardware (assumed): {hw.name}; HBM {hw.hbm_gbs:.0f} GB/s, NVLink {hw.link_gbs:.0f} GB/s + "
-        f"{hw.link_latency_us:.0f} µs, network {hw.net_gbs:.0f} GB/s + {hw.net_latency_us:.0f} µs per GPU, "
-        f"{hw.memory_gib:.0f} GiB per GPU. Recompute: {model.recompute}; CP selection: {model.cp_selection}.",
+        f"Hardware (assumed): {hw.name}; NVLink {hw.link_gbs:.0f} GB/s + {hw.link_latency_us:.0f} µs, "
+        f"network {hw.net_gbs:.0f} GB/s + {hw.net_latency_us:.0f} µs per GPU, {hw.memory_gib:.0f} GiB "
+        f"per GPU. Recompute: {model.recompute}.",
     ]
 
 
@@ -442,10 +434,6 @@ def main() -> None:
     parser.add_argument("--gpus", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--layouts", nargs="+", choices=LAYOUTS, default=list(LAYOUTS))
     parser.add_argument("--seqlens", type=int, nargs="+", default=[32768, 65536, 131072])
-    parser.add_argument(
-        "--cp-selection", choices=["reference", "kernel"], default="reference",
-        help="CP block selection: the PyTorch sub-steps the code runs, or (what-if) the Triton kernel's rate",
-    )  # fmt: skip
     parser.add_argument("--global-batch", type=int, default=2)
     parser.add_argument(
         "--multi-node", action="store_true",
@@ -458,7 +446,7 @@ def main() -> None:
 
     cfg = load_config(REPO / args.model if not Path(args.model).is_file() else args.model, ["train.steps=1"])
     calibration = Calibration(args.perf, cfg)
-    model = Model(cfg, calibration, HARDWARE[args.hardware], args.recompute, args.cp_selection)
+    model = Model(cfg, calibration, HARDWARE[args.hardware], args.recompute)
     if args.multi_node:
         points = [Point("dp8xcp8", t, 1, 8, 8, 8 * args.global_batch) for t in args.seqlens]
         points += [Point("cp64", t, 1, 64, 1, args.global_batch) for t in (*args.seqlens, 1 << 20)]
