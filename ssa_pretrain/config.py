@@ -108,6 +108,18 @@ class ParallelConfig(_Section):
     """Tensor-parallel size (heads and MLP columns are sharded)."""
     cp: int = Field(default=1, ge=1)
     """Context-parallel size (the sequence is sharded)."""
+    sequence_parallel: bool = False
+    """Megatron sequence parallelism: outside attention and MLP (norms, residual stream, embedding output)
+    each tensor-parallel rank holds 1/tp of the tokens; saves activation memory; needs `tp` > 1."""
+
+    @model_validator(mode="after")
+    def _check_sequence_parallel(self) -> ParallelConfig:
+        if self.sequence_parallel and self.tp == 1:
+            raise ValueError(
+                "parallel.sequence_parallel=true needs parallel.tp > 1 (it splits the sequence over the "
+                "tensor-parallel ranks); set parallel.tp or parallel.sequence_parallel=false"
+            )
+        return self
 
 
 class TrainConfig(_Section):
@@ -221,6 +233,11 @@ class Config(_Section):
             raise ValueError(
                 f"data.seq_len={self.data.seq_len} must be a multiple of 2 * parallel.cp"
                 f"{' * ssa.block_size' if p.cp > 1 else ''} = {unit}"
+            )
+        if p.sequence_parallel and self.data.seq_len % (p.cp * p.tp):  # each CP share splits over TP
+            raise ValueError(
+                f"data.seq_len={self.data.seq_len} must be a multiple of parallel.cp * parallel.tp = "
+                f"{p.cp * p.tp} with parallel.sequence_parallel"
             )
         return self
 

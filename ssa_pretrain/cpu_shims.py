@@ -13,8 +13,9 @@ Megatron-Core assumes CUDA in a few spots that our model reaches. On a machine w
 
 `CPU_CONFIG` lists the TransformerConfig flags that need CUDA-only fused kernels (apex / TE / JIT CUDA);
 `build_model` turns them off on CPU. Not needed: Megatron's CUDA causal mask (`get_default_causal_mask`)
-is only used by its own `DotProductAttention`, which SSA replaces. Sequence parallel needs apex/TE norms
-and stays off on CPU. docs/DEVELOPMENT.md records all of this.
+is only used by its own `DotProductAttention`, which SSA replaces. Sequence parallelism needs no shim: its
+norms are our own (`model/norm.py`) and gloo has the all-gather / reduce-scatter it uses. docs/DEVELOPMENT.md
+records all of this.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from megatron.core import parallel_state
 from megatron.core.models.gpt import GPTModel
@@ -16,7 +17,7 @@ from ssa_pretrain import cpu_shims
 from ssa_pretrain.config import Config, ModelConfig
 from ssa_pretrain.model.attention import SSACoreAttention, SSATransformerConfig
 from ssa_pretrain.model.modes import Mode
-from ssa_pretrain.model.spec import get_ssa_layer_local_spec
+from ssa_pretrain.model.spec import get_ssa_block_spec
 
 _RECOMPUTE = {
     "none": {},
@@ -52,6 +53,8 @@ def transformer_config(cfg: Config, dtype: torch.dtype) -> SSATransformerConfig:
         init_method_std=m.init_std,
         tensor_model_parallel_size=cfg.parallel.tp,
         context_parallel_size=cfg.parallel.cp,
+        # A layout, not a model property: `ssa convert` rebuilds the model of a run at TP=1.
+        sequence_parallel=cfg.parallel.sequence_parallel and cfg.parallel.tp > 1,
         use_cpu_initialization=True,  # identical weights for every TP size (the master weight is split)
         params_dtype=dtype,
         bf16=dtype == torch.bfloat16,
@@ -76,13 +79,38 @@ def build_model(
     device = torch.device(device or (torch.cuda.current_device() if torch.cuda.is_available() else "cpu"))
     with torch.device("meta") if device.type == "meta" else contextlib.nullcontext():
         model = _gpt(cfg, vocab_size, dtype, tp)
-    return model.to(device)
+    model = model.to(device)
+    if model.config.sequence_parallel:
+        sum_sequence_parallel_grads(model, parallel_state.get_tensor_model_parallel_group())
+    return model
+
+
+def sum_sequence_parallel_grads(model: torch.nn.Module, tp_group: dist.ProcessGroup) -> None:
+    """Make every gradient of a parameter marked `sequence_parallel` (the RMSNorm weights) the full one.
+
+    Under sequence parallelism each tensor-parallel rank runs the norms on its own slice of the tokens, so
+    the autograd gradient of a norm weight is a partial sum over that slice. Megatron sums them over TP in
+    `finalize_model_grads`, part of its own DDP path, which we do not use; DeepSpeed reduces over data
+    parallel only, and takes each gradient in a post-accumulation hook during backward. So the sum
+    happens here, in a hook that runs before accumulation: every rank accumulates the full gradient, as it
+    would without sequence parallelism, and DeepSpeed (reduction, norm, clipping, step) sees only full
+    gradients. One all-reduce of `hidden_size` values per norm per backward, summed in fp32.
+    """
+
+    def full_grad(grad: torch.Tensor) -> torch.Tensor:
+        total = grad.to(torch.float32, copy=True)
+        dist.all_reduce(total, group=tp_group)
+        return total.to(grad.dtype)
+
+    for param in model.parameters():
+        if getattr(param, "sequence_parallel", False):
+            param.register_hook(full_grad)
 
 
 def _gpt(cfg: Config, vocab_size: int, dtype: torch.dtype, tp: int) -> GPTModel:
     return GPTModel(
         config=transformer_config(cfg, dtype),
-        transformer_layer_spec=get_ssa_layer_local_spec(cfg.ssa),
+        transformer_layer_spec=get_ssa_block_spec(cfg.ssa, cfg.model.num_layers),
         vocab_size=padded_vocab_size(vocab_size, cfg.model, tp),
         max_sequence_length=cfg.data.seq_len,
         parallel_output=True,

@@ -46,6 +46,7 @@ def test_overrides_parse_yaml_scalars_and_round_trip(tmp_path):
         ("ssa.variant=dense", "ssa.variant: Input should be 'full', 'sparse' or 'ssa'"),
         ("model.num_kv_heads=3", "num_kv_heads=3 must divide num_attention_heads=4"),
         ("parallel.tp=4", "parallel.tp=4 must divide model.num_kv_heads=2"),
+        ("parallel.sequence_parallel=true", "parallel.sequence_parallel=true needs parallel.tp > 1"),
         ("train.global_batch_size=12", "global_batch_size=12 is not a multiple of micro_batch_size=8"),
         ("nonsense.key=1", "nonsense: unknown key"),
         ("train.steps", "is not of the form section.key=value"),
@@ -55,6 +56,15 @@ def test_bad_values_are_named(override, expected):
     with pytest.raises(ConfigError) as err:
         load_config(REPO / "configs/train/tiny-cpu.yaml", [override])
     assert expected in str(err.value)
+
+
+def test_sequence_parallel_needs_whole_tokens_on_every_tensor_parallel_rank():
+    overrides = ["parallel.tp=4", "model.num_kv_heads=4", "parallel.sequence_parallel=true"]
+    load_config(REPO / "configs/train/tiny-cpu.yaml", [*overrides, "data.seq_len=64"])
+    with pytest.raises(
+        ConfigError, match=r"data.seq_len=66 must be a multiple of parallel.cp \* parallel.tp = 4"
+    ):
+        load_config(REPO / "configs/train/tiny-cpu.yaml", [*overrides, "data.seq_len=66"])
 
 
 def test_include_is_relative_and_own_keys_win(tmp_path):
