@@ -7,13 +7,7 @@
 set -uo pipefail
 OUT=${1:-/tmp/gpu-check}
 mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 WANDB_MODE=disabled
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site
-python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null || exit 1
-python3 -c "import torch, triton, megatron.core, deepspeed, transformers, sys; print('python', sys.version.split()[0], \
-'torch', torch.__version__, 'triton', triton.__version__, 'megatron-core', megatron.core.__version__, \
-'deepspeed', deepspeed.__version__, 'gpu', torch.cuda.get_device_name())" | tee "$OUT/versions.txt"
+. tools/gpu_setup.sh "$OUT" || exit 1  # wheels, this package, versions.txt
 
 python3 -m pytest -q -m gpu ${GPU_TESTS:-tests/} -p no:cacheprovider 2>&1 | tail -n 25 | tee "$OUT/gpu_tests.txt"
 
