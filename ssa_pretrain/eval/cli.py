@@ -17,10 +17,7 @@ from __future__ import annotations
 import argparse
 
 from ssa_pretrain.errors import exits_on_user_error
-from ssa_pretrain.eval.common import ROPE_TYPES
-
-MODEL_OPTIONS = ("overwrite", "device", "dtype", "rope_scaling", "rope_factor")
-"""Options every `ssa eval` command takes (see `add_model_options`), passed on by name."""
+from ssa_pretrain.eval.common import ROPE_TYPES, LoadOptions
 
 
 def add_model_options(cmd: argparse.ArgumentParser, data: bool) -> None:
@@ -48,7 +45,9 @@ def add_model_options(cmd: argparse.ArgumentParser, data: bool) -> None:
 
 
 def model_options(args: argparse.Namespace) -> dict:
-    return {name: getattr(args, name) for name in MODEL_OPTIONS}
+    """The `add_model_options` values as the `evaluate_*` functions take them: `overwrite` and `load`."""
+    load = LoadOptions(args.device, args.dtype, args.rope_scaling, args.rope_factor)
+    return {"overwrite": args.overwrite, "load": load}
 
 
 @exits_on_user_error

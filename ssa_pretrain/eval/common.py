@@ -25,6 +25,7 @@ import os
 import shutil
 import sys
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -157,19 +158,27 @@ def rope_parameters(config: dict, rope_type: str | None, factor: float | None) -
     return params
 
 
-def load_model(
-    hf_dir: str | Path,
-    device: str | None = None,
-    dtype: str = "float32",
-    rope_scaling: str | None = None,
-    rope_factor: float | None = None,
-) -> tuple[torch.nn.Module, Any]:
-    """(model in eval mode, tokenizer) of an export; `EvalError` when `hf_dir` is not one.
+@dataclass(frozen=True)
+class LoadOptions:
+    """How every `ssa eval` command loads the export.
 
-    Args:
+    Attributes:
         device: a torch device; None: cuda when available, else cpu.
+        dtype: weights dtype, a `torch` attribute name.
         rope_scaling, rope_factor: replace the export's RoPE (see `rope_parameters`).
     """
+
+    device: str | None = None
+    dtype: str = "float32"
+    rope_scaling: str | None = None
+    rope_factor: float | None = None
+
+
+DEFAULT_LOAD = LoadOptions()
+
+
+def load_model(hf_dir: str | Path, load: LoadOptions) -> tuple[torch.nn.Module, Any]:
+    """(model in eval mode, tokenizer) of an export; `EvalError` when `hf_dir` is not one."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = Path(hf_dir)
@@ -180,11 +189,13 @@ def load_model(
             f"{path}: not an SSA Hugging Face export (no config.json and modeling_ssa.py); "
             "write one with `ssa convert RUN_DIR OUT_DIR`"
         )
-    rope = rope_parameters(json.loads((path / "config.json").read_text()), rope_scaling, rope_factor)
-    kwargs: dict = {"trust_remote_code": True, "dtype": getattr(torch, dtype)}
+    rope = rope_parameters(
+        json.loads((path / "config.json").read_text()), load.rope_scaling, load.rope_factor
+    )
+    kwargs: dict = {"trust_remote_code": True, "dtype": getattr(torch, load.dtype)}
     if rope is not None:
         kwargs["rope_parameters"] = rope  # max_position_embeddings stays the training length
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = load.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs).to(device).eval()
     return model, AutoTokenizer.from_pretrained(path, trust_remote_code=True)
 

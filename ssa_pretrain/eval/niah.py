@@ -38,7 +38,9 @@ import torch
 import torch.nn.functional as F
 
 from ssa_pretrain.eval.common import (
+    DEFAULT_LOAD,
     EvalError,
+    LoadOptions,
     OutputDir,
     load_model,
     markdown_table,
@@ -135,17 +137,14 @@ def evaluate_niah(
     block_count: int | None = None,
     seed: int = 0,
     overwrite: bool = False,
-    device: str | None = None,
-    dtype: str = "float32",
-    rope_scaling: str | None = None,
-    rope_factor: float | None = None,
+    load: LoadOptions = DEFAULT_LOAD,
 ) -> dict:
     """Measure, write `niah.json/md/png` into `out`, return the JSON dict. Bad input raises `EvalError`.
 
     Args:
         lengths: context lengths (default: the training length); depths: needle depths in [0, 1].
         block_count: the sparse budget (default: the export's).
-        device, dtype, rope_scaling, rope_factor: as `load_model`.
+        load: how the export is loaded (`LoadOptions`).
     """
     output = OutputDir(out, overwrite)
     depths = sorted(set(depths if depths is not None else [0.0, 0.25, 0.5, 0.75, 1.0]))
@@ -158,7 +157,7 @@ def evaluate_niah(
         )
     if block_count is not None and block_count < 1:
         raise EvalError(f"--block-count must be >= 1, got {block_count}")
-    model, tokenizer = load_model(hf_dir, device, dtype, rope_scaling, rope_factor)
+    model, tokenizer = load_model(hf_dir, load)
     cfg = model.config
     lengths = positive_ints(lengths or [cfg.max_position_embeddings], "--lengths")
     block_count = block_count or cfg.block_count
@@ -233,7 +232,7 @@ def evaluate_niah(
         "seed": seed,
         "lengths": lengths,
         "depths": depths,
-        "dtype": dtype,
+        "dtype": load.dtype,
         "device": str(model.device),
         "seconds": round(time.time() - start, 2),
         "cells": cells,

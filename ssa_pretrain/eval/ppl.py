@@ -22,7 +22,9 @@ import torch
 import torch.nn.functional as F
 
 from ssa_pretrain.eval.common import (
+    DEFAULT_LOAD,
     EvalError,
+    LoadOptions,
     OutputDir,
     check_data_path,
     load_model,
@@ -66,10 +68,7 @@ def evaluate_ppl(
     windows: int = 16,
     batch_size: int = 4,
     overwrite: bool = False,
-    device: str | None = None,
-    dtype: str = "float32",
-    rope_scaling: str | None = None,
-    rope_factor: float | None = None,
+    load: LoadOptions = DEFAULT_LOAD,
 ) -> dict:
     """Measure, write `ppl.json/md/png` into `out`, return the JSON dict. Bad input raises `EvalError`.
 
@@ -77,13 +76,13 @@ def evaluate_ppl(
         lengths: context lengths (default: the training length).
         block_counts: sparse budgets besides the export's own.
         windows: windows of the longest length; shorter lengths score the same tokens in more windows.
-        device, dtype, rope_scaling, rope_factor: as `load_model`.
+        load: how the export is loaded (`LoadOptions`).
     """
     output = OutputDir(out, overwrite)
     check_data_path(data)
     if windows < 1 or batch_size < 1:
         raise EvalError(f"--windows and --batch-size must be >= 1, got {windows} and {batch_size}")
-    model, tokenizer = load_model(hf_dir, device, dtype, rope_scaling, rope_factor)
+    model, tokenizer = load_model(hf_dir, load)
     cfg = model.config
     lengths = positive_ints(lengths or [cfg.max_position_embeddings], "--lengths")
     default_count = cfg.block_count
@@ -121,7 +120,7 @@ def evaluate_ppl(
         "default_block_count": default_count,
         "training_length": cfg.max_position_embeddings,
         "rope_parameters": cfg.rope_parameters,
-        "dtype": dtype,
+        "dtype": load.dtype,
         "device": str(model.device),
         "seconds": round(time.time() - start, 2),
         "results": results,

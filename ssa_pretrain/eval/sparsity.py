@@ -26,7 +26,9 @@ import torch
 import torch.nn.functional as F
 
 from ssa_pretrain.eval.common import (
+    DEFAULT_LOAD,
     EvalError,
+    LoadOptions,
     OutputDir,
     attention_calls,
     check_data_path,
@@ -129,16 +131,13 @@ def evaluate_sparsity(
     windows: int = 4,
     batch_size: int = 2,
     overwrite: bool = False,
-    device: str | None = None,
-    dtype: str = "float32",
-    rope_scaling: str | None = None,
-    rope_factor: float | None = None,
+    load: LoadOptions = DEFAULT_LOAD,
 ) -> dict:
     """Measure, write `sparsity.json/md/png` into `out`, return the JSON dict; bad input: `EvalError`.
 
     Args:
         length: window length (default: the training length); block_count: the budget (default: the
-            export's); device, dtype, rope_scaling, rope_factor: as `load_model`.
+            export's); load: how the export is loaded (`LoadOptions`).
     """
     output = OutputDir(out, overwrite)
     check_data_path(data)
@@ -147,7 +146,7 @@ def evaluate_sparsity(
             raise EvalError(f"{flag} must be >= 1, got {value}")
     if windows < 1 or batch_size < 1:
         raise EvalError(f"--windows and --batch-size must be >= 1, got {windows} and {batch_size}")
-    model, tokenizer = load_model(hf_dir, device, dtype, rope_scaling, rope_factor)
+    model, tokenizer = load_model(hf_dir, load)
     cfg = model.config
     length = length or cfg.max_position_embeddings
     block_count = block_count or cfg.block_count
@@ -189,7 +188,7 @@ def evaluate_sparsity(
         "rope_parameters": cfg.rope_parameters,
         "kl_all_layers_sparse": kl_all / positions,
         "positions": positions,
-        "dtype": dtype,
+        "dtype": load.dtype,
         "device": str(model.device),
         "seconds": round(time.time() - start, 2),
         "layers": layers,
