@@ -6,6 +6,27 @@ Per sequence length: the single-GPU time of cuDNN full attention (the baseline) 
 single-GPU SSA time / CP SSA time; the issue's target is >= 1.85x at 64K and >= 1.9x at 128K on 2 GPUs.
 Shape: bf16, 32 query heads, 2 kv heads, head dim 64, block size 16, 16 blocks, batch 1.
 
+Next to it, in the same run (CUDA only; skipped on CPU, where PyTorch's ring has no SDPA kernel): PyTorch's
+own ring attention, `torch.distributed.tensor.experimental.context_parallel` as torchtitan drives it, for
+full causal attention, and its single-GPU SDPA at the same length for its speed-up. Its shape is the one the
+issue measured it at (32 heads x 64, kv heads = query heads, `[1, heads, T, 64]` bf16), which every SDPA
+backend runs (SDPA's GQA is flash / math only, and untried in PyTorch's ring); attention FLOPs equal ours,
+its K/V traffic is heads / kv_heads times ours. Like torchtitan, the context manager shards the sequence's
+token positions (its `buffers`, sequence dim 0, not restored); each rank builds its q/k/v rows from them
+(PyTorch's head-tail load balancing: rank r holds chunks r and 2P-1-r, as ours) and calls
+`F.scaled_dot_product_attention(is_causal=True)` inside the context, forward and backward, under
+`sdpa_kernel(backend)`: the first of `--native-backends` that runs is timed (the issue measured cuDNN). K/V
+rotation: `--native-rotate` (PyTorch's default `allgather`, or `alltoall`). A failure there is recorded in
+`native_error` and does not touch our numbers.
+
+Also per op: peak memory per rank (`torch.cuda.max_memory_allocated`, reset before each op; it includes the
+op's inputs: whole q/k/v on one GPU, this rank's shards under CP), and for each CP op one more iteration
+under `torch.profiler`, read by `bench_scaling.communication_shares` (NCCL kernels as communication, every
+other kernel as compute; gloo / aten:: events on CPU): `comm_share`, `exposed_comm_share` (communication
+no compute overlaps), `compute_share` of that iteration's wall time, means over ranks, and `overlap` = the
+part of the communication time that compute hides (1 - exposed / comm). Each length's JSON line is printed
+(and appended to `--out`) as soon as it is measured; the tables come at the end.
+
     torchrun --nproc-per-node 2 tools/bench_cp.py --seqlens 65536 131072 --out docs/perf/bench_cp.jsonl
     torchrun --nproc-per-node 2 tools/bench_cp.py --device cpu --seqlens 1024 --heads 4 --kv-heads 2  # smoke
 """
@@ -14,15 +35,21 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import ssa_kernels
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
+from bench_scaling import communication_shares
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+from torch.profiler import ProfilerActivity, profile
 
 from ssa_pretrain.parallel import (
     context_parallel_full_attention,
@@ -30,24 +57,70 @@ from ssa_pretrain.parallel import (
     split_sequence,
 )
 
+Attention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], Sequence[torch.Tensor]]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
 
 def timed(fn: Callable[[], None], repeats: int, device: torch.device, collective: bool = True) -> float:
     """Median milliseconds of `fn` after one warm-up; `collective`: all ranks call it, in step."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     times = []
     for i in range(repeats + 1):
         if collective:
             dist.barrier()
-        sync()
+        _sync(device)
         start = time.perf_counter()
         fn()
-        sync()
+        _sync(device)
         if i:
             times.append((time.perf_counter() - start) * 1e3)
     return sorted(times)[len(times) // 2]
 
 
-def fwd_bwd(attention: Callable[..., tuple], q, k, v) -> Callable[[], None]:
+def measure(
+    fn: Callable[[], None], repeats: int, device: torch.device, collective: bool = True
+) -> tuple[float, float | None]:
+    """`timed`, and this rank's peak allocated GPU memory (GiB) over those calls; `None` on CPU."""
+    if device.type != "cuda":
+        return timed(fn, repeats, device, collective), None
+    torch.cuda.reset_peak_memory_stats(device)
+    ms = timed(fn, repeats, device, collective)
+    return ms, torch.cuda.max_memory_allocated(device) / 2**30
+
+
+def per_rank(value: float | None, device: torch.device) -> list[float] | None:
+    """Every rank's `value` (all ranks call this), in rank order; `None` where it is `None` (CPU)."""
+    if value is None:
+        return None
+    values = [torch.zeros(1, dtype=torch.float64, device=device) for _ in range(dist.get_world_size())]
+    dist.all_gather(values, torch.tensor([value], dtype=torch.float64, device=device))
+    return [v.item() for v in values]
+
+
+def profiled(fn: Callable[[], None], device: torch.device) -> dict[str, float | None]:
+    """One more call of `fn` (all ranks) under `torch.profiler`: its wall time and communication shares
+    (`bench_scaling.communication_shares`), means over ranks, and `overlap` = 1 - exposed / communication."""
+    cuda = device.type == "cuda"
+    dist.barrier()
+    _sync(device)
+    with profile(activities=[ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]) as prof:
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        wall_us = (time.perf_counter() - start) * 1e6
+    shares = communication_shares(prof.events(), wall_us, cuda)
+    values = torch.tensor([wall_us / 1e3, *shares.values()], dtype=torch.float64, device=device)
+    dist.all_reduce(values)
+    ms, *mean = (values / dist.get_world_size()).tolist()
+    means = dict(zip(shares, mean, strict=True))
+    comm, exposed = means["comm_share"], means["exposed_comm_share"]
+    return {"profile_ms": ms, **means, "overlap": 1 - exposed / comm if comm else None}
+
+
+def fwd_bwd(attention: Attention, q, k, v) -> Callable[[], None]:
     """A closure running `attention(q, k, v)` forward and backward (outputs summed as the loss)."""
 
     def run() -> None:
@@ -58,6 +131,133 @@ def fwd_bwd(attention: Callable[..., tuple], q, k, v) -> Callable[[], None]:
         loss.backward()
 
     return run
+
+
+# ------------------------------------------------------------------ PyTorch's native context parallelism
+
+NATIVE_BACKENDS = ("cudnn", "flash", "efficient")
+NATIVE_CPU_SKIP = "skipped on CPU: PyTorch's ring runs the CUDA SDPA kernels only (cuDNN / flash / efficient)"
+
+
+def sdpa_causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor]:
+    """Causal SDPA, looked up at call time: inside `context_parallel`, the CP-patched function."""
+    return (F.scaled_dot_product_attention(q, k, v, is_causal=True),)
+
+
+def sdpa_inputs(
+    host: Sequence[torch.Tensor], rows: torch.Tensor | slice, heads: int, device: torch.device
+) -> list[torch.Tensor]:
+    """SDPA's q, k, v (`[1, heads, rows, D]` bf16 leaves on `device`) from the host tensors' rows `rows`
+    (`[1, T, H, D]`; k/v heads repeated up to `heads`)."""
+    out = []
+    for t in host:
+        t = t[:, rows].to(device, torch.bfloat16)
+        out.append(t.repeat_interleave(heads // t.shape[2], dim=2).transpose(1, 2).contiguous())
+    return [t.requires_grad_() for t in out]
+
+
+@functools.cache
+def world_mesh(world: int) -> DeviceMesh:
+    """The 1-D CUDA mesh of all `world` ranks, made once."""
+    return init_device_mesh("cuda", (world,))
+
+
+def native_numbers(
+    host: Sequence[torch.Tensor], args: argparse.Namespace, backend: str, device: torch.device, rank: int
+) -> dict[str, Any]:
+    """PyTorch's ring attention over all ranks with SDPA `backend`, then (rank 0) its single-GPU SDPA."""
+    from torch.distributed.tensor.experimental import context_parallel  # prototype API: errors stay here
+    from torch.distributed.tensor.experimental._attention import set_rotate_method
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    world, seq_len = dist.get_world_size(), host[0].shape[1]
+    kernel = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
+              "efficient": SDPBackend.EFFICIENT_ATTENTION}[backend]  # fmt: skip
+    set_rotate_method(args.native_rotate)
+    positions = torch.arange(seq_len, device=device)  # sharded in place, as torchtitan's token ids
+    with (
+        sdpa_kernel(kernel),
+        context_parallel(
+            world_mesh(world), buffers=[positions], buffer_seq_dims=[0], no_restore_buffers={positions}
+        ),
+    ):
+        run = fwd_bwd(sdpa_causal, *sdpa_inputs(host, positions.cpu(), args.heads, device))
+        cp_ms, cp_peak = measure(run, args.repeats, device)
+        numbers: dict[str, Any] = {"native_cp_ms": cp_ms, "native_cp_profile": profiled(run, device)}
+        del run
+    numbers["native_cp_peak_gib"] = per_rank(cp_peak, device)
+    if rank == 0:
+        with sdpa_kernel(kernel):
+            run = fwd_bwd(sdpa_causal, *sdpa_inputs(host, slice(None), args.heads, device))
+            numbers["native_1gpu_ms"], numbers["native_1gpu_peak_gib"] = measure(
+                run, args.repeats, device, collective=False
+            )
+        numbers["native_speedup"] = numbers["native_1gpu_ms"] / cp_ms
+    return numbers
+
+
+def native_baseline(
+    host: Sequence[torch.Tensor], args: argparse.Namespace, device: torch.device, rank: int
+) -> dict[str, Any]:
+    """`native_numbers` with the first of `--native-backends` that runs on every rank; the failures'
+    messages in `native_error` (`None` when the first backend ran)."""
+    result: dict[str, Any] = {
+        "native_backend": None, "native_rotate": args.native_rotate, "native_kv_heads": args.heads,
+        "native_1gpu_ms": None, "native_cp_ms": None, "native_speedup": None, "native_1gpu_peak_gib": None,
+        "native_cp_peak_gib": None, "native_cp_profile": None, "native_error": None,
+    }  # fmt: skip
+    if device.type != "cuda":
+        result["native_error"] = NATIVE_CPU_SKIP
+        return result
+    errors = []
+    for backend in args.native_backends:
+        try:
+            numbers, error = native_numbers(host, args, backend, device, rank), None
+        except Exception as e:  # a prototype API on a new torch: keep our numbers, say what failed
+            numbers, error = {}, f"{backend}: {type(e).__name__}: {e}"[:1000]
+        torch.cuda.empty_cache()
+        ok = torch.tensor([error is None], dtype=torch.int32, device=device)
+        dist.all_reduce(ok, op=dist.ReduceOp.MIN)  # every rank moves on to the same backend
+        if ok.item():
+            result.update(numbers, native_backend=backend)
+            break
+        errors.append(error or f"{backend}: failed on another rank")
+    result["native_error"] = "; ".join(errors) or None
+    return result
+
+
+# ------------------------------------------------------------------------------------------------ main
+
+
+def _cell(value: float | list[float] | None, width: int, spec: str) -> str:
+    """`value` (a list: its largest) formatted, or `-`."""
+    if isinstance(value, list):
+        value = max(value)
+    return f"{value:{width}{spec}}" if value is not None else f"{'-':>{width}}"
+
+
+def print_tables(rows: list[dict[str, Any]]) -> None:
+    """Times and speed-ups; then peak memory (largest rank) and each CP ring's exposed comm / overlap."""
+    print(f"{'seqlen':>8} {'full 1':>9} {'full CP':>9} {'SSA 1':>9} {'SSA CP':>9} {'SSA x':>6} "
+          f"{'SDPA 1':>9} {'native CP':>9} {'nat. x':>6}   (ms, fwd+bwd)")  # fmt: skip
+    for r in rows:
+        print(f"{r['seqlen']:8d} {r['full_1gpu_ms']:9.1f} {r['full_cp_ms']:9.1f} {r['ssa_1gpu_ms']:9.1f} "
+              f"{r['ssa_cp_ms']:9.1f} {r['ssa_speedup']:6.2f} {_cell(r['native_1gpu_ms'], 9, '.1f')} "
+              f"{_cell(r['native_cp_ms'], 9, '.1f')} {_cell(r['native_speedup'], 6, '.2f')}")  # fmt: skip
+    ops, rings = (
+        ("full_1gpu", "full_cp", "ssa_1gpu", "ssa_cp", "native_1gpu", "native_cp"),
+        ("full_cp", "ssa_cp", "native_cp"),
+    )
+    print(f"{'seqlen':>8} " + " ".join(f"{op:>11}" for op in ops) + "  |"
+          + " ".join(f"{op:>11}" for op in rings) + "   (peak GiB | exposed comm / overlap)")  # fmt: skip
+    for r in rows:
+        profiles = [r[f"{op}_profile"] or {} for op in rings]
+        print(f"{r['seqlen']:8d} " + " ".join(_cell(r[f"{op}_peak_gib"], 11, ".2f") for op in ops) + "  |"
+              + " ".join(f"{_cell(p.get('exposed_comm_share'), 6, '.1%')}/{_cell(p.get('overlap'), 4, '.0%')}"
+                         for p in profiles))  # fmt: skip
+    for r in rows:
+        if r["native_error"]:
+            print(f"native CP at {r['seqlen']}: {r['native_error']}")
 
 
 def main() -> None:
@@ -72,6 +272,11 @@ def main() -> None:
     parser.add_argument("--block-count", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
+    parser.add_argument(
+        "--native-backends", nargs="+", choices=NATIVE_BACKENDS, default=["cudnn", "flash"],
+        help="SDPA backends for PyTorch's ring, tried in order until one runs",
+    )  # fmt: skip
+    parser.add_argument("--native-rotate", choices=["allgather", "alltoall"], default="allgather")
     parser.add_argument("--out", type=Path, help="append the JSON lines here (rank 0)")
     args = parser.parse_args()
 
@@ -84,16 +289,15 @@ def main() -> None:
     group = dist.group.WORLD
     dtype = torch.bfloat16 if cuda else torch.float32
     bs, kk = args.block_size, args.block_count
+    if rank == 0 and not cuda:
+        print(f"PyTorch native context_parallel: {NATIVE_CPU_SKIP}")
 
     rows = []
     for seq_len in args.seqlens:
         gen = torch.Generator(device="cpu").manual_seed(seq_len)
-
-        def tensor(heads: int, gen=gen, seq_len=seq_len) -> torch.Tensor:
-            return torch.randn(1, seq_len, heads, args.head_dim, generator=gen).to(device, dtype)
-
-        q, k, v = tensor(args.heads), tensor(args.kv_heads), tensor(args.kv_heads)
-        one = {}
+        host = [torch.randn(1, seq_len, h, args.head_dim, generator=gen) for h in
+                (args.heads, args.kv_heads, args.kv_heads)]  # fmt: skip
+        one: dict[str, Any] = {}
         if rank == 0:  # single-GPU times on rank 0 while the others wait at the barrier of the next timing
 
             def both(a, b, c):
@@ -102,10 +306,16 @@ def main() -> None:
                     0
                 ]
 
-            for name, attention in (("full_1gpu_ms", ssa_kernels.full_attention), ("ssa_1gpu_ms", both)):
-                whole = [t.clone().requires_grad_() for t in (q, k, v)]
-                one[name] = timed(fwd_bwd(attention, *whole), args.repeats, device, collective=False)
-        local = [split_sequence(t, rank, world, dim=1, block_size=bs).requires_grad_() for t in (q, k, v)]
+            for name, attention in (("full_1gpu", ssa_kernels.full_attention), ("ssa_1gpu", both)):
+                whole = [t.to(device, dtype, copy=True).requires_grad_() for t in host]
+                one[f"{name}_ms"], one[f"{name}_peak_gib"] = measure(
+                    fwd_bwd(attention, *whole), args.repeats, device, collective=False
+                )
+                del whole
+        local = [
+            split_sequence(t, rank, world, dim=1, block_size=bs).to(device, dtype).requires_grad_()
+            for t in host
+        ]
 
         def cp_both(a, b, c):
             return [o for o, _ in context_parallel_ssa_attention(a, b, c, bs, kk, group)]
@@ -113,30 +323,32 @@ def main() -> None:
         def cp_full(a, b, c):
             return context_parallel_full_attention(a, b, c, group)
 
-        cp_full_ms = timed(fwd_bwd(cp_full, *local), args.repeats, device)
-        cp_ssa_ms = timed(fwd_bwd(cp_both, *local), args.repeats, device)
+        cp: dict[str, Any] = {}
+        for name, attention in (("full_cp", cp_full), ("ssa_cp", cp_both)):
+            run = fwd_bwd(attention, *local)
+            cp[f"{name}_ms"], peak = measure(run, args.repeats, device)
+            cp[f"{name}_peak_gib"] = per_rank(peak, device)
+            cp[f"{name}_profile"] = profiled(run, device)
+        del local, run
+        native = native_baseline(host, args, device, rank)
         if rank == 0:
             rows.append({
                 "device": torch.cuda.get_device_name() if cuda else "cpu", "gpus": world,
                 "date": datetime.date.today().isoformat(), "git": os.environ.get("GIT_COMMIT", ""),
-                "seqlen": seq_len, "heads": args.heads, "kv_heads": args.kv_heads, "block_size": bs,
-                "block_count": kk, **one, "full_cp_ms": cp_full_ms, "ssa_cp_ms": cp_ssa_ms,
-                "ssa_speedup": one["ssa_1gpu_ms"] / cp_ssa_ms,
-                "full_speedup": one["full_1gpu_ms"] / cp_full_ms,
+                "torch": torch.__version__, "seqlen": seq_len, "heads": args.heads, "kv_heads": args.kv_heads,
+                "block_size": bs, "block_count": kk, **one, **cp,
+                "ssa_speedup": one["ssa_1gpu_ms"] / cp["ssa_cp_ms"],
+                "full_speedup": one["full_1gpu_ms"] / cp["full_cp_ms"], **native,
             })  # fmt: skip
-        del q, k, v, local
+            print(json.dumps(rows[-1]), flush=True)
+            if args.out:
+                with args.out.open("a") as f:
+                    f.write(json.dumps(rows[-1]) + "\n")
+        del host
         if cuda:
             torch.cuda.empty_cache()
     if rank == 0:
-        print(f"{'seqlen':>8} {'full 1':>9} {'full CP':>9} {'SSA 1':>9} {'SSA CP':>9} {'SSA x':>6}")
-        for r in rows:
-            print(f"{r['seqlen']:8d} {r['full_1gpu_ms']:9.1f} {r['full_cp_ms']:9.1f} {r['ssa_1gpu_ms']:9.1f} "
-                  f"{r['ssa_cp_ms']:9.1f} {r['ssa_speedup']:6.2f}")  # fmt: skip
-        for r in rows:
-            print(json.dumps(r))
-        if args.out:
-            with args.out.open("a") as f:
-                f.writelines(json.dumps(r) + "\n" for r in rows)
+        print_tables(rows)
     dist.barrier()
     dist.destroy_process_group()
 

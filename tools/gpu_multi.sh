@@ -5,7 +5,11 @@
 # (a) NCCL / bf16 gradient equivalence with one GPU: tests/distributed/test_parallel_gradients_gpu.py
 #     (2 GPUs: TP2, CP2 full and sparse; 4: + CP4, TP2xCP2, DP2xCP2; 8: + CP8, DP2xTP2xCP2); the numbers of
 #     every case -> OUT/grad_errors.jsonl, pytest's output -> OUT/logs/grads.log;
-# (b) tools/bench_cp.py on 2 GPUs at 64K and 128K -> OUT/bench_cp.jsonl;
+# (b) tools/bench_cp.py on 2 GPUs at 64K and 128K -> OUT/bench_cp.jsonl, one line per length with every field:
+#     our full / SSA ring vs one GPU, PyTorch's native context_parallel ring for full causal attention vs its
+#     1-GPU SDPA (cuDNN, else flash; its error in native_error if neither runs), peak memory per rank of
+#     each op, exposed communication / overlap of each ring from one profiled iteration (estimated ~80 s,
+#     unmeasured: capped at 130 s; each length's line is written as soon as it is measured);
 # (c) tools/bench_scaling.py as slurm/scaling.sh runs it (1B model, 32K, train.recompute=full, 1 warm-up + 3
 #     timed steps): 1 GPU, then layouts cp and tp2-cp on 2 GPUs -> OUT/bench_scaling.jsonl; then --compare of
 #     the first 4 losses of the multi-GPU lines against the 1-GPU line;
@@ -13,6 +17,16 @@
 # Every part runs under `timeout`, capped so that the parts after it keep their share of BUDGET (default 570 s
 # from the start of this script, setup included); a part with too little time left is skipped and said so.
 # OUT/summary.txt: what ran, how long, how it ended, and the key numbers. Exit status 0 when nothing failed.
+#
+# Left out (does not fit BUDGET next to the parts above): issue 9's "a sequence that does not fit one GPU's
+# memory trains on two" — e.g. the 1B model at 128K with train.recompute=full, 1 GPU (expected to run out of
+# memory: unmeasured, the cost model does not model memory under full recompute) against layout cp on 2 GPUs:
+#   python3 tools/bench_scaling.py --seqlens 131072 --warmup 1 --steps 1 train.recompute=full \
+#       --out OUT/oom.jsonl
+#   torchrun --nproc-per-node 2 tools/bench_scaling.py --layout cp --seqlens 131072 --warmup 1 --steps 1 \
+#       train.recompute=full --out OUT/oom.jsonl
+# (the cost model: 36.7 s per 1-GPU step at 128K with full recompute if it fitted, a CP=2 step about half of
+# it; with start-up, data preparation at 128K and the 1-GPU attempt, some 2-3 minutes: a call of its own.)
 #
 # Environment: BUDGET (s), GIT_COMMIT (recorded in the benchmark lines; .git may not travel to the device),
 # CP_SEQLENS (default "65536 131072"), SCALING_MODEL (default configs/model/1b.yaml), SCALING_SEQLEN (32768).
@@ -76,12 +90,12 @@ TORCHRUN="python3 -m torch.distributed.run --standalone"
 grad_max=200
 [ "$GPUS" -ge 4 ] && grad_max=260
 SSA_GRAD_REPORT=$OUT/grad_errors.jsonl SSA_GRAD_TIMEOUT=$grad_max \
-    part grads "$grad_max" 300 python3 -m pytest -v -rs -m gpu -p no:cacheprovider \
+    part grads "$grad_max" 320 python3 -m pytest -v -rs -m gpu -p no:cacheprovider \
     tests/distributed/test_parallel_gradients_gpu.py
 
 # ------------------------------------------------------ (b) one layer's SSA attention, 1 GPU vs CP on 2
 # shellcheck disable=SC2086  # lists
-part bench_cp_2 110 210 $TORCHRUN --nproc-per-node 2 tools/bench_cp.py --seqlens $CP_SEQLENS \
+part bench_cp_2 130 210 $TORCHRUN --nproc-per-node 2 tools/bench_cp.py --seqlens $CP_SEQLENS \
     --out "$OUT/bench_cp.jsonl"
 
 # -------------------------------------------------- (c) training steps: 1 GPU, then cp and tp2-cp on 2
@@ -98,7 +112,7 @@ CUDA_DEVICE_MAX_CONNECTIONS=1 part scaling_tp2-cp_2 100 10 $TORCHRUN --nproc-per
 # ----------------------------------------------------------- (d) more than 2 GPUs: all of them, if time
 if [ "$GPUS" -gt 2 ]; then
     # shellcheck disable=SC2086
-    part "bench_cp_$GPUS" 100 10 $TORCHRUN --nproc-per-node "$GPUS" tools/bench_cp.py --seqlens $CP_SEQLENS \
+    part "bench_cp_$GPUS" 120 10 $TORCHRUN --nproc-per-node "$GPUS" tools/bench_cp.py --seqlens $CP_SEQLENS \
         --out "$OUT/bench_cp.jsonl"
     for layout in cp tp2-cp dp2-cp; do
         # shellcheck disable=SC2086
@@ -132,9 +146,10 @@ for line in open(sys.argv[1]):
           f"  max diff/bound {r.get('max_diff_over_bound', float('nan')):.2f} ({r.get('worst')})"
           f"  loss diff {r['loss']['diff']:.1e}  align diff {r['align']['diff']:.1e}")
 PY
-    echo "---- (b) bench_cp (ms, fwd+bwd; SSA x = 1-GPU SSA time / CP SSA time):"
+    echo "---- (b) bench_cp (ms, fwd+bwd; SSA x = 1-GPU SSA time / CP SSA time; native = PyTorch's"
+    echo "     context_parallel, full attention, 32 x 64 MHA; then peak GiB per op and exposed comm / overlap):"
     for log in "$OUT"/logs/bench_cp_*.log; do
-        [ -f "$log" ] && echo "$(basename "$log" .log):" && grep -E '^ +(seqlen|[0-9]+) ' "$log"
+        [ -f "$log" ] && echo "$(basename "$log" .log):" && grep -E '^ +(seqlen|[0-9]+) |^native CP at' "$log"
     done
     echo "---- (c) bench_scaling:"
     for log in "$OUT"/logs/scaling_*.log; do
