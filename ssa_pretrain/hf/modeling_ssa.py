@@ -1,7 +1,7 @@
 """SSA (Sparse Sparse Attention) causal LM for Hugging Face transformers, full or sparse at inference.
 
-Copied into every export by `ssa convert` and loaded with `trust_remote_code=True`; it imports nothing but
-torch and transformers. Everything that is Llama's comes from transformers (RMSNorm, SwiGLU MLP, RoPE,
+Copied into every export by `ssa convert` and loaded with `trust_remote_code=True`; it needs nothing but
+torch and transformers (and uses `ssa_kernels`' fused ops for a plain prefill on CUDA when that is installed). Everything that is Llama's comes from transformers (RMSNorm, SwiGLU MLP, RoPE,
 `PreTrainedModel`, `GenerationMixin`, `DynamicCache`); only the SSA attention is written here.
 
 The attention, exactly (shapes `q [B, T, HQ, D]`, `k, v [B, S, HKV, D]`, `G = HQ / HKV`):
@@ -42,7 +42,19 @@ from transformers.models.llama.modeling_llama import (
 
 from .configuration_ssa import SSAConfig
 
+try:  # the fused kernels, when the training package is installed next to the export (optional)
+    import ssa_kernels
+    from ssa_kernels.backends import use_triton
+except ImportError:
+    ssa_kernels = None
+
 # ----------------------------------------------------------------------------------------- SSA attention
+
+
+def kernels_apply(q: torch.Tensor, plain: bool) -> bool:
+    """Whether `ssa_attention` runs `ssa_kernels`' fused ops: installed, a plain prefill (`plain`: every key
+    is a query of this call, positions `0 … T − 1`, no padding) and tensors the Triton kernels take (CUDA)."""
+    return plain and ssa_kernels is not None and use_triton("sparse_attention", q)
 
 
 def padding_offsets(attention_mask: torch.Tensor | None, batch: int, num_keys: int, device) -> torch.Tensor:
@@ -153,18 +165,30 @@ def ssa_attention(
     block_size: int,
     block_count: int,
     chunk_size: int,
+    plain: bool = False,
 ) -> torch.Tensor:
     """Causal full (`kbar` None) or sparse attention of queries to keys by position, math in fp32.
+
+    A plain prefill on CUDA with `ssa_kernels` installed runs its fused ops instead (`kernels_apply`: Triton
+    selection and sparse attention, cuDNN full attention; they compute in the input dtype with fp32
+    accumulation, and select from the means of `k`, which are `kbar` there). Decoding steps, padded batches
+    and installs without the package use the code below.
 
     Args:
         q: `[B, T, HQ, D]` at positions `q_pos [B, T]`.
         k, v: `[B, S, HKV, D]` at positions `k_pos [B, S]` (negative: left padding, never attended).
         kbar: `[B, NB, HKV, D]` block means for sparse mode (see `block_means`), None for full attention.
         chunk_size: queries scored at once (peak memory `[B, chunk, HQ, S]` fp32).
+        plain: `S == T`, positions `0 … T − 1` in every row.
 
     Returns:
         o: `[B, T, HQ, D]` in `q.dtype`.
     """
+    if kernels_apply(q, plain):
+        if kbar is None:
+            return ssa_kernels.full_attention(q, k, v)[0]
+        indices = ssa_kernels.select_blocks(q, k, block_size, block_count)
+        return ssa_kernels.sparse_attention(q, k, v, indices, block_size)[0]
     scale = q.shape[-1] ** -0.5
     qf, kf, vf = q.float(), k.float(), v.float()
     batch, num_keys, num_kv_heads = k.shape[:3]
@@ -279,8 +303,9 @@ class SSAAttention(nn.Module):
             else:
                 last = int((k.shape[1] - offsets.min()) // cfg.block_size)
                 kbar = block_means(k, offsets, 0, last, cfg.block_size)
+        plain = k.shape[1] == length and not bool(offsets.any())  # a prefill without padding
         out = ssa_attention(
-            q, k, v, q_pos, k_pos, kbar, cfg.block_size, cfg.block_count, cfg.attention_chunk_size
+            q, k, v, q_pos, k_pos, kbar, cfg.block_size, cfg.block_count, cfg.attention_chunk_size, plain
         )  # [B, T, HQ, D]
         if self.gate_proj is not None:
             out = (out * torch.sigmoid(self.gate_proj(x).float()).unsqueeze(-1)).to(x.dtype)
