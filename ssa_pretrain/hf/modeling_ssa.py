@@ -1,7 +1,8 @@
 """SSA (Sparse Sparse Attention) causal LM for Hugging Face transformers, full or sparse at inference.
 
 Copied into every export by `ssa convert` and loaded with `trust_remote_code=True`; it needs nothing but
-torch and transformers (and uses `ssa_kernels`' fused ops for a plain prefill on CUDA when that is installed). Everything that is Llama's comes from transformers (RMSNorm, SwiGLU MLP, RoPE,
+torch and transformers (and uses `ssa_kernels`' fused ops for a plain prefill on CUDA when that is
+installed). Everything that is Llama's comes from transformers (RMSNorm, SwiGLU MLP, RoPE,
 `PreTrainedModel`, `GenerationMixin`, `DynamicCache`); only the SSA attention is written here.
 
 The attention, exactly (shapes `q [B, T, HQ, D]`, `k, v [B, S, HKV, D]`, `G = HQ / HKV`):
