@@ -15,13 +15,13 @@ import datetime
 import functools
 import itertools
 import json
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 import triton
+from bench_info import git_commit
 from ssa_kernels import full_attention, select_blocks, sparse_attention
 from ssa_kernels.select_blocks.parallel import select_blocks_fwd
 from ssa_kernels.sparse_attention.parallel import sparse_attention_bwd, sparse_attention_fwd
@@ -99,7 +99,7 @@ def run(seq_len: int) -> dict[str, object]:
     record = {
         "device": torch.cuda.get_device_name(),
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "git": git_revision(),
+        "git": git_commit(),
         "torch": torch.__version__,
         "triton": triton.__version__,
         "seqlen": seq_len,
@@ -130,7 +130,7 @@ def tune(seq_len: int) -> list[dict[str, object]]:
     k, v = (torch.randn(batch, seq_len, KV_HEADS, DIM, device="cuda", dtype=torch.bfloat16) for _ in range(2))
     scale = DIM**-0.5
     reference = select_blocks_fwd(q, k, BLOCK_SIZE, BLOCK_COUNT, scale)
-    base = {"device": torch.cuda.get_device_name(), "git": git_revision(), "seqlen": seq_len, "batch": batch}
+    base = {"device": torch.cuda.get_device_name(), "git": git_commit(), "seqlen": seq_len, "batch": batch}
     records = []
     for rows, blocks, warps in itertools.product([32, 64, 128], [32, 64, 128], [4, 8]):
         setting = {"tile_rows": rows, "tile_blocks": blocks, "num_warps": warps}
@@ -148,18 +148,6 @@ def tune(seq_len: int) -> list[dict[str, object]]:
     for record in records:
         print(json.dumps(record), flush=True)
     return records
-
-
-def git_revision() -> str:
-    """Short commit of the working tree, `+dirty` when it has changes; `unknown` outside git."""
-    try:
-        rev = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        )
-        dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True, check=True)
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
 def main() -> None:

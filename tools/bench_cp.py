@@ -47,6 +47,7 @@ import ssa_kernels
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from bench_info import git_commit
 from bench_scaling import communication_shares
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.profiler import ProfilerActivity, profile
@@ -334,7 +335,7 @@ def main() -> None:
         if rank == 0:
             rows.append({
                 "device": torch.cuda.get_device_name() if cuda else "cpu", "gpus": world,
-                "date": datetime.date.today().isoformat(), "git": os.environ.get("GIT_COMMIT", ""),
+                "date": datetime.date.today().isoformat(), "git": git_commit(),
                 "torch": torch.__version__, "seqlen": seq_len, "heads": args.heads, "kv_heads": args.kv_heads,
                 "block_size": bs, "block_count": kk, **one, **cp,
                 "ssa_speedup": one["ssa_1gpu_ms"] / cp["ssa_cp_ms"],

@@ -40,7 +40,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from bench_train import run_info
+from bench_info import run_info
 from scaling_model import LAYOUTS, layout_sizes
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile

@@ -13,14 +13,12 @@ branches every step plus the alignment loss. Prints a table and one JSON line pe
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
-import subprocess
 import time
 from pathlib import Path
 
 import torch
+from bench_info import run_info
 
 from ssa_pretrain import cpu_shims
 from ssa_pretrain.config import load_config
@@ -84,22 +82,6 @@ def measure(
     del engine, model
     torch.cuda.empty_cache()
     return result
-
-
-def _git_commit() -> str:
-    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    return git.stdout.strip()
-
-
-def run_info(config: str) -> dict[str, str]:
-    """The fields every benchmark line starts with: device, date, git commit, config."""
-    return {
-        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-        "date": datetime.date.today().isoformat(),
-        # .git does not travel to a lent GPU machine: GIT_COMMIT=... names the tree there
-        "git": os.environ.get("GIT_COMMIT") or _git_commit(),
-        "config": config,
-    }
 
 
 def main() -> None:
