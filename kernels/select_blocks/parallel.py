@@ -204,48 +204,36 @@ def parallel_select_blocks_from_means(
     top_rows = max(1, min(64, 2048 // padded_segments))
     for t_start in range(0, seq_len, chunk):
         t_count = min(chunk, seq_len - t_start)
+        rows = dict(T=seq_len, NB=num_blocks, NSEG=num_segments, HKV=num_kv_heads, BS=block_size)
+        rows.update(q_start=q_start, t_start=t_start, t_count=t_count)  # this chunk's rows, for both kernels
         block_scores_kernel[(triton.cdiv(t_count, tile_tokens), batch * num_kv_heads)](
             q=q,
             kbar=kbar,
             scores=scratch,
             segment_best=segment_best,
-            T=seq_len,
-            NB=num_blocks,
-            NSEG=num_segments,
-            q_start=q_start,
-            t_start=t_start,
-            t_count=t_count,
             scale_log2=scale * 1.4426950408889634,
-            HKV=num_kv_heads,
             G=group,
             GP=group_pad,
             D=dim,
             DP=max(16, triton.next_power_of_2(dim)),
-            BS=block_size,
             BT=tile_tokens,
             BN=tile_blocks,
             PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
             num_warps=num_warps,
             num_stages=2,
+            **rows,
         )
         num_rows = batch * t_count * num_kv_heads
         top_blocks_kernel[(triton.cdiv(num_rows, top_rows),)](
             scores=scratch,
             segment_best=segment_best,
             out=out,
-            T=seq_len,
-            NB=num_blocks,
-            NSEG=num_segments,
-            q_start=q_start,
-            t_start=t_start,
-            t_count=t_count,
             num_rows=num_rows,
-            HKV=num_kv_heads,
-            BS=block_size,
             K=block_count,
             ROWS=top_rows,
             NSEGP=padded_segments,
             SEG=tile_blocks,
+            **rows,
         )
     return out
 
