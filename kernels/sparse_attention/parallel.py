@@ -14,6 +14,38 @@ LOG2E = 1.4426950408889634
 
 
 @triton.jit
+def selected_keys(
+    k,
+    v,
+    idx,
+    n0,
+    b,
+    t,
+    h,
+    T,
+    HKV: tl.constexpr,
+    D: tl.constexpr,
+    DP: tl.constexpr,
+    BS: tl.constexpr,
+    NS: tl.constexpr,
+    BKV: tl.constexpr,
+):
+    """Keys and values `[BKV, DP]` at positions `n0 … n0 + BKV − 1` of token `t`'s selected blocks laid end
+    to end (kv head `h`, batch `b`), and which of them the token sees (`[BKV]`: a used slot, at or before
+    `t`)."""
+    n = n0 + tl.arange(0, BKV)
+    blk = tl.load(idx + ((b * T + t).to(tl.int64) * HKV + h) * NS + n // BS, mask=n < NS * BS, other=-1)
+    pos = blk * BS + n % BS
+    ok = (blk >= 0) & (pos <= t)
+    kv_rows = ((b * T + pos).to(tl.int64) * HKV + h) * D
+    d = tl.arange(0, DP)
+    mask = ok[:, None] & (d < D)[None, :]
+    kt = tl.load(k + kv_rows[:, None] + d[None, :], mask=mask, other=0.0)
+    vt = tl.load(v + kv_rows[:, None] + d[None, :], mask=mask, other=0.0)
+    return kt, vt, ok
+
+
+@triton.jit
 def sparse_fwd_kernel(
     q,  # [B, T, HQ, D]
     k,  # [B, T, HKV, D]
@@ -48,13 +80,7 @@ def sparse_fwd_kernel(
     acc_l = tl.zeros([GP], tl.float32)
     acc = tl.zeros([GP, DP], tl.float32)
     for n0 in range(0, NS * BS, BKV):
-        n = n0 + tl.arange(0, BKV)  # position within the concatenated selected blocks
-        blk = tl.load(idx + (bt * HKV + h) * NS + n // BS, mask=n < NS * BS, other=-1)
-        pos = blk * BS + n % BS
-        ok = (blk >= 0) & (pos <= t)  # [BKV]
-        kv_rows = ((b * T + pos).to(tl.int64) * HKV + h) * D
-        kt = tl.load(k + kv_rows[:, None] + d[None, :], mask=ok[:, None] & d_ok[None, :], other=0.0)
-        vt = tl.load(v + kv_rows[:, None] + d[None, :], mask=ok[:, None] & d_ok[None, :], other=0.0)
+        kt, vt, ok = selected_keys(k, v, idx, n0, b, t, h, T, HKV, D, DP, BS, NS, BKV)  # [BKV, DP] x2, [BKV]
         s = tl.dot(qt, tl.trans(kt), input_precision=PRECISION) * scale_log2  # [GP, BKV]
         s = tl.where(ok[None, :], s, float("-inf"))
         m_new = tl.maximum(m, tl.max(s, 1))
@@ -112,13 +138,7 @@ def sparse_bwd_dq_kernel(
     dlt = tl.load(delta + bt * HKV * G + h * G + head, mask=row_ok, other=0.0)
     acc = tl.zeros([GP, DP], tl.float32)
     for n0 in range(0, NS * BS, BKV):
-        n = n0 + tl.arange(0, BKV)
-        blk = tl.load(idx + (bt * HKV + h) * NS + n // BS, mask=n < NS * BS, other=-1)
-        pos = blk * BS + n % BS
-        ok = (blk >= 0) & (pos <= t)
-        kv_rows = ((b * T + pos).to(tl.int64) * HKV + h) * D
-        kt = tl.load(k + kv_rows[:, None] + d[None, :], mask=ok[:, None] & d_ok[None, :], other=0.0)
-        vt = tl.load(v + kv_rows[:, None] + d[None, :], mask=ok[:, None] & d_ok[None, :], other=0.0)
+        kt, vt, ok = selected_keys(k, v, idx, n0, b, t, h, T, HKV, D, DP, BS, NS, BKV)  # [BKV, DP] x2, [BKV]
         s = tl.dot(qt, tl.trans(kt), input_precision=PRECISION) * (scale * 1.4426950408889634)
         p = tl.where(ok[None, :], tl.exp2(s - lse2[:, None]), 0.0)  # [GP, BKV]
         dp = tl.dot(dot, tl.trans(vt), input_precision=PRECISION)
