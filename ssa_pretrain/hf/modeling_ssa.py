@@ -287,8 +287,10 @@ class SSAAttention(nn.Module):
         k_pos: torch.Tensor,
         offsets: torch.Tensor,
         cache: DynamicCache | None,
+        plain: bool,
     ) -> torch.Tensor:
-        """x `[B, T, hidden]` (normed), RoPE `cos/sin [B, T, D]`, positions `q_pos [B, T]`, `k_pos [B, S]`."""
+        """x `[B, T, hidden]` (normed), RoPE `cos/sin [B, T, D]`, positions `q_pos [B, T]`, `k_pos [B, S]`;
+        `plain`: a prefill without padding (see `ssa_attention`)."""
         batch, length, _ = x.shape
         q = self.q_proj(x).view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)  # [B, HQ, T, D]
         k = self.k_proj(x).view(batch, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
@@ -304,7 +306,6 @@ class SSAAttention(nn.Module):
             else:
                 last = int((k.shape[1] - offsets.min()) // cfg.block_size)
                 kbar = block_means(k, offsets, 0, last, cfg.block_size)
-        plain = k.shape[1] == length and not bool(offsets.any())  # a prefill without padding
         out = ssa_attention(
             q, k, v, q_pos, k_pos, kbar, cfg.block_size, cfg.block_count, cfg.attention_chunk_size, plain
         )  # [B, T, HQ, D]
@@ -381,9 +382,10 @@ class SSAModel(SSAPreTrainedModel):
         offsets = padding_offsets(attention_mask, batch, past + length, x.device)
         k_pos = torch.arange(past + length, device=x.device)[None] - offsets[:, None]  # [B, S]
         q_pos = k_pos[:, past:]  # [B, T]
+        plain = past == 0 and not bool(offsets.any())  # a prefill without padding: once, not per layer
         cos, sin = self.rotary_emb(x, q_pos.clamp(min=0))
         for layer in self.layers:
-            x = layer(x, cos, sin, q_pos, k_pos, offsets, past_key_values)
+            x = layer(x, cos, sin, q_pos, k_pos, offsets, past_key_values, plain)
         return BaseModelOutputWithPast(
             last_hidden_state=self.norm(x), past_key_values=past_key_values if use_cache else None
         )
