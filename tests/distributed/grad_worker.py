@@ -27,6 +27,18 @@ from tests.helpers import tiny_config
 VOCAB, BATCH, SEQ_LEN = 512, 4, 64  # 512: the same padded embedding for TP=1 and TP=2
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
+LAYOUTS = {  # case id -> (processes, layout options, attention mode); DP = processes / (TP x CP)
+    "tp2-sparse": (2, ["--tp", "2"], "sparse"),
+    "cp2-full": (2, ["--cp", "2"], "full"),
+    "cp2-sparse": (2, ["--cp", "2"], "sparse"),
+    "cp4-sparse": (4, ["--cp", "4"], "sparse"),
+    "tp2xcp2-full": (4, ["--tp", "2", "--cp", "2"], "full"),
+    "dp2xcp2-sparse": (4, ["--cp", "2"], "sparse"),
+    "cp8-sparse": (8, ["--cp", "8"], "sparse"),
+    "dp2xtp2xcp2-sparse": (8, ["--tp", "2", "--cp", "2"], "sparse"),
+}
+"""The layouts the gradient tests run: every one on GPUs, those of up to 4 processes on CPU (gloo)."""
+
 
 def main() -> None:
     parser = argparse.ArgumentParser()

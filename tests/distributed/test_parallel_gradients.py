@@ -13,6 +13,7 @@ import sys
 import pytest
 import torch
 
+from tests.distributed.grad_worker import LAYOUTS
 from tests.helpers import REPO, free_port
 
 
@@ -43,15 +44,7 @@ def single_process(tmp_path_factory):
 @pytest.mark.distributed
 @pytest.mark.parametrize(
     ("nproc", "layout", "mode"),
-    [
-        (2, ["--tp", "2"], "sparse"),
-        (2, ["--cp", "2"], "full"),
-        (2, ["--cp", "2"], "sparse"),
-        (4, ["--cp", "4"], "sparse"),
-        (4, ["--tp", "2", "--cp", "2"], "full"),
-        (4, ["--cp", "2"], "sparse"),  # DP=2 x CP=2
-    ],
-    ids=["tp2-sparse", "cp2-full", "cp2-sparse", "cp4-sparse", "tp2xcp2-full", "dp2xcp2-sparse"],
+    [pytest.param(*case, id=name) for name, case in LAYOUTS.items() if case[0] <= 4],
 )
 def test_every_gradient_matches_one_process(single_process, tmp_path, nproc, layout, mode):
     one, many = single_process(mode), gradients(tmp_path, nproc, mode, *layout)

@@ -39,6 +39,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.distributed.grad_worker import LAYOUTS
 from tests.helpers import REPO, free_port
 
 SEQ_LEN, BATCH = 4096, 2  # 2: one sequence per data-parallel rank in DP=2 x CP=2
@@ -150,27 +151,14 @@ def _compare(many: dict, one: dict, twin: dict) -> tuple[list[str], dict]:
     return failures, numbers
 
 
-CASES = [
-    (2, ["--tp", "2"], "sparse"),
-    (2, ["--cp", "2"], "full"),
-    (2, ["--cp", "2"], "sparse"),
-    (4, ["--cp", "4"], "sparse"),
-    (4, ["--tp", "2", "--cp", "2"], "full"),
-    (4, ["--cp", "2"], "sparse"),  # DP=2 x CP=2
-    (8, ["--cp", "8"], "sparse"),
-    (8, ["--tp", "2", "--cp", "2"], "sparse"),  # DP=2 x TP=2 x CP=2
-]
-IDS = ["tp2-sparse", "cp2-full", "cp2-sparse", "cp4-sparse", "tp2xcp2-full", "dp2xcp2-sparse", "cp8-sparse",
-       "dp2xtp2xcp2-sparse"]  # fmt: skip
-
-
 @pytest.mark.parametrize(
     ("nproc", "layout", "mode"),
     [
-        pytest.param(*case, marks=pytest.mark.skipif(_gpus() < case[0], reason=f"needs {case[0]} GPUs"))
-        for case in CASES
+        pytest.param(
+            *case, marks=pytest.mark.skipif(_gpus() < case[0], reason=f"needs {case[0]} GPUs"), id=name
+        )
+        for name, case in LAYOUTS.items()
     ],
-    ids=IDS,
 )
 def test_every_gradient_matches_one_gpu_bf16(single_gpu, tmp_path, request, nproc, layout, mode):
     many = _worker(tmp_path / "many.pt", nproc, mode, [*layout, *BF16])
