@@ -126,3 +126,10 @@ def check_positive(**values: int) -> None:
     for name, value in values.items():
         if value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
+
+
+def check_scale(scale: float | None) -> None:
+    """Raise ValueError unless the logit scale is None (the default `1 / sqrt(D)`) or > 0 (the selection
+    kernel takes row maxima of unscaled logits)."""
+    if scale is not None and not scale > 0:
+        raise ValueError(f"scale must be > 0, got {scale}")

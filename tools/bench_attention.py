@@ -3,20 +3,27 @@
     python tools/bench_attention.py                      # 8K/32K/64K/128K, batch x length = 65,536 tokens
     python tools/bench_attention.py --seqlens 8192 --append docs/perf/bench_attention.jsonl
     python tools/bench_attention.py --tune --seqlens 65536     # sweep the launch parameters of two kernels
+    git archive deb82d0 kernels | tar -x -C /tmp/prev        # an earlier version of the kernels, then:
+    python tools/bench_attention.py --baseline /tmp/prev/kernels --baseline-name deb82d0
 
 Shape of the issue: bf16, 32 query heads, 2 kv heads, head dim 64, block size 16, 16 blocks; every length runs
 with batch = 65,536 / length (8K x 8, 32K x 2, 64K x 1; 128K x 1). Times are medians of CUDA-event timings
 (`triton.testing.do_bench`). `sparse_fwd_bwd_ms` includes the selection; `cudnn_fwd_bwd_ms` is plain
-`F.scaled_dot_product_attention` restricted to the cuDNN backend, in the same process.
+`F.scaled_dot_product_attention` restricted to the cuDNN backend, in the same process. With `--baseline`, the
+selection and sparse fwd+bwd of another copy of `ssa_kernels` (e.g. the previous commit's) are timed in the
+same process on the same inputs (`baseline_*` fields, and how many selection rows both give identically).
 """
 
 import argparse
 import datetime
 import functools
+import importlib.util
 import itertools
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import torch
 import torch.nn.functional as F
@@ -37,7 +44,8 @@ def bench(fn: Callable[[], object]) -> float:
 
 
 def kernel_times(fn: Callable[[], object], iters: int = 10) -> dict[str, float]:
-    """Mean milliseconds per call of every GPU kernel `fn` launches (torch.profiler), by kernel name."""
+    """Mean milliseconds per call of the GPU kernels `fn` launches (torch.profiler), summed by the first 60
+    characters of the kernel name (PyTorch's elementwise kernels share them)."""
     fn()
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
         for _ in range(iters):
@@ -49,7 +57,7 @@ def kernel_times(fn: Callable[[], object], iters: int = 10) -> dict[str, float]:
             event, "self_cuda_time_total", 0
         )
         if device_us > 0:
-            times[event.key[:60]] = device_us / iters / 1000
+            times[event.key[:60]] = times.get(event.key[:60], 0.0) + device_us / iters / 1000
     return dict(sorted(times.items(), key=lambda item: -item[1]))
 
 
@@ -65,8 +73,22 @@ def cudnn_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tenso
             return F.scaled_dot_product_attention(q, k, v, is_causal=True)
 
 
-def run(seq_len: int) -> dict[str, object]:
-    """Time every op at `seq_len` with batch `TOKENS // seq_len`; returns one JSON record."""
+def load_baseline(package_dir: Path) -> ModuleType:
+    """Import another copy of the `ssa_kernels` package (its `kernels/` folder) as `baseline_ssa_kernels`."""
+    spec = importlib.util.spec_from_file_location(
+        "baseline_ssa_kernels", package_dir / "__init__.py", submodule_search_locations=[str(package_dir)]
+    )
+    if spec is None or spec.loader is None:
+        raise SystemExit(f"--baseline {package_dir}: no __init__.py of an ssa_kernels copy there")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def run(seq_len: int, baseline: ModuleType | None = None) -> dict[str, object]:
+    """Time every op at `seq_len` with batch `TOKENS // seq_len` (and the `baseline` copy's selection and
+    sparse fwd+bwd); returns one JSON record."""
     batch = max(1, TOKENS // seq_len)
     q = torch.randn(batch, seq_len, HEADS, DIM, device="cuda", dtype=torch.bfloat16, requires_grad=True)
     k, v = (
@@ -76,9 +98,9 @@ def run(seq_len: int) -> dict[str, object]:
     do = torch.randn_like(q)
     indices = select_blocks(q, k, BLOCK_SIZE, BLOCK_COUNT)
 
-    def sparse_fwd_bwd() -> None:
-        idx = select_blocks(q, k, BLOCK_SIZE, BLOCK_COUNT)
-        o, _ = sparse_attention(q, k, v, idx, BLOCK_SIZE)
+    def sparse_fwd_bwd(ops: ModuleType = sys.modules["ssa_kernels"]) -> None:
+        idx = ops.select_blocks(q, k, BLOCK_SIZE, BLOCK_COUNT)
+        o, _ = ops.sparse_attention(q, k, v, idx, BLOCK_SIZE)
         torch.autograd.grad(o, (q, k, v), do)
 
     def full_fwd_bwd() -> None:
@@ -120,6 +142,14 @@ def run(seq_len: int) -> dict[str, object]:
         "full_fwd_bwd_ms": bench(full_fwd_bwd),
         "cudnn_fwd_bwd_ms": bench(cudnn_fwd_bwd),
     }
+    if baseline is not None:
+        with torch.no_grad():
+            record["baseline_select_ms"] = bench(
+                lambda: baseline.select_blocks(q, k, BLOCK_SIZE, BLOCK_COUNT)
+            )
+            baseline_indices = baseline.select_blocks(q, k, BLOCK_SIZE, BLOCK_COUNT)
+        record["baseline_select_equal_rows"] = (baseline_indices == indices).all(-1).float().mean().item()
+        record["baseline_sparse_fwd_bwd_ms"] = bench(functools.partial(sparse_fwd_bwd, baseline))
     return record
 
 
@@ -155,6 +185,10 @@ def main() -> None:
     parser.add_argument("--seqlens", type=int, nargs="+", default=[8192, 32768, 65536, 131072])
     parser.add_argument("--append", type=Path, help="JSON-lines file to append the records to")
     parser.add_argument("--tune", action="store_true", help="sweep launch parameters instead (JSON lines)")
+    parser.add_argument(
+        "--baseline", type=Path, help="another copy of ssa_kernels (a kernels/ folder) to time"
+    )
+    parser.add_argument("--baseline-name", default="baseline", help="what the baseline is (e.g. its commit)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("bench_attention needs a CUDA GPU")
@@ -162,6 +196,7 @@ def main() -> None:
         for seq_len in args.seqlens:
             tune(seq_len)
         return
+    baseline = load_baseline(args.baseline) if args.baseline else None
     columns = [
         "seqlen",
         "batch",
@@ -171,10 +206,14 @@ def main() -> None:
         "sparse_fwd_bwd_ms",
     ]
     columns += ["full_fwd_ms", "cudnn_fwd_ms", "full_fwd_bwd_ms", "cudnn_fwd_bwd_ms"]
+    if baseline is not None:
+        columns += ["baseline_select_ms", "baseline_sparse_fwd_bwd_ms"]
     records = []
     for seq_len in args.seqlens:
         try:
-            record = run(seq_len)
+            record = run(seq_len, baseline)
+            if baseline is not None:
+                record["baseline"] = args.baseline_name
             torch.cuda.empty_cache()
         except torch.OutOfMemoryError:
             print(f"seqlen {seq_len}: out of GPU memory, skipped")

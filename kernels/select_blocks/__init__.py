@@ -3,7 +3,7 @@
 import torch
 
 from ..backends import HAS_TRITON, use_triton
-from ..utils import check_positive, check_qkv
+from ..utils import check_positive, check_qkv, check_scale
 from .naive import naive_select_blocks, naive_select_blocks_from_means
 
 if HAS_TRITON:
@@ -34,13 +34,14 @@ def select_blocks(
         k: `[B, T, HKV, D]`, `HQ % HKV == 0`; query head `h` belongs to kv head `h // (HQ // HKV)`.
         block_size: tokens per block (`BS`).
         block_count: blocks per token, own block included (`K`).
-        scale: logit scale, default `1 / sqrt(D)`.
+        scale: logit scale > 0, default `1 / sqrt(D)`.
 
     Returns:
         indices: `[B, T, HKV, K]` int32 block indices, `-1` = unused slot.
     """
     check_qkv(q, k, None, same_length=True)
     check_positive(block_size=block_size, block_count=block_count)
+    check_scale(scale)
     # Dispatch point: Triton on CUDA (fp16/bf16/fp32); the reference on CPU and where the kernel cannot.
     if use_triton("select_blocks", q):
         return parallel_select_blocks(q, k, block_size, block_count, scale)
@@ -67,6 +68,7 @@ def select_blocks_from_means(
         indices: `[B, R, HKV, K]` int32 global block ids: the rows of `select_blocks` on the whole sequence.
     """
     check_positive(block_size=block_size, block_count=block_count)
+    check_scale(scale)
     if q.shape[0] != kbar.shape[0] or q.shape[3] != kbar.shape[3] or q.shape[2] % kbar.shape[2]:
         raise ValueError(
             f"q {tuple(q.shape)} and kbar {tuple(kbar.shape)} do not match ([B, R, HQ, D], [B, NB, HKV, D])"

@@ -3,17 +3,20 @@
 * `block_scores_kernel`: one program scores `BT` query tokens of one kv head against every past block on the
   tensor cores, rows = (token, query head of the group). Pass 1 computes each row's log-sum-exp over the
   complete blocks; pass 2 sums the group's softmax probabilities per block, writes the `[BT, BN]` score tiles
-  to a scratch buffer `[B·TC·HKV, NB]` fp32 (only past blocks), and the best key of each tile row — one
-  *segment* of `BN` blocks — to `[B·TC·HKV, NSEG]`. A key is the 64-bit integer `score bits << 32 |
+  to a scratch buffer `[B·TC·HKV, NB]` fp32 (only past blocks), and the maximum of each tile row — one
+  *segment* of `BN` blocks — to `[B·TC·HKV, NSEG]`. Tiles whose blocks are complete (pass 1) or past (pass 2)
+  for every row of the program skip the masks; only the last one or two tiles of a row are masked.
+* `top_blocks_kernel`: the `K − 1` choices of a row, one at a time, by 64-bit *keys* `score bits << 32 |
   (2^32 − 1 − block)`: scores are >= 0, so one integer order sorts by score, then lower block first (the tie
-  rule).
-* `top_blocks_kernel`: the `K − 1` choices of a row, one at a time: the best segment key is the next choice,
-  and only that segment's `BN` scores are re-read to find its next key. Work per row: `K − 1` times the
-  segment list and one segment, instead of a sort of the row.
+  rule). A segment enters the list with the key of its maximum at its first block, an upper bound of every
+  key in it that no other segment's keys fall between; the best entry's segment is re-read, its best key
+  below the entry is the next choice, and the one below that becomes the segment's entry. Work per row:
+  `K − 1` times the segment list and one segment, instead of a sort of the row.
 
 The query axis is processed in chunks of `TC` tokens so that the scratch buffer stays under
 `SCRATCH_BYTES`. (An earlier single kernel kept a running top-k with a bitonic merge per score tile; the
-merges cost 3/4 of its time: docs/PERFORMANCE.md.)
+merges cost 3/4 of its time: docs/PERFORMANCE.md. The next one wrote the best key of every segment from the
+score kernel: the 64-bit work on the replicated score tile was ~40 % of that kernel's instructions.)
 """
 
 import torch
@@ -34,11 +37,110 @@ def block_keys(x, j, valid):
 
 
 @triton.jit
+def block_logits(
+    qt,
+    kbar_bh,
+    j0,
+    NB,
+    D: tl.constexpr,
+    DP: tl.constexpr,
+    BN: tl.constexpr,
+    PRECISION: tl.constexpr,
+    MASKED: tl.constexpr,
+):
+    """`[R, BN]` unscaled logits of the rows `qt` against blocks `j0 … j0 + BN − 1`, and those blocks;
+    `MASKED`: some of them may lie past the `NB` means. (Callers scale inside their `exp2`: one FMA.)"""
+    j = j0 + tl.arange(0, BN)
+    d = tl.arange(0, DP)
+    kb_ptrs = kbar_bh + j[:, None] * D + d[None, :]
+    if MASKED:
+        kb = tl.load(kb_ptrs, mask=(j[:, None] < NB) & (d[None, :] < D), other=0.0)
+    else:
+        kb = tl.load(kb_ptrs, mask=d[None, :] < D, other=0.0)
+    return tl.dot(qt, tl.trans(kb), input_precision=PRECISION), j
+
+
+@triton.jit
+def lse_step(
+    qt,
+    kbar_bh,
+    j0,
+    m,
+    acc,
+    n_complete,
+    NB,
+    scale_log2,
+    D: tl.constexpr,
+    DP: tl.constexpr,
+    BN: tl.constexpr,
+    PRECISION: tl.constexpr,
+    MASKED: tl.constexpr,
+):
+    """Online log2-sum-exp of pass 1 over one tile: `m` (the largest unscaled logit; `scale_log2 > 0`) and
+    `acc` updated; `MASKED`: only blocks `j < n_complete` count (`[R]`), else all of the tile's blocks are
+    complete for every row."""
+    s, j = block_logits(qt, kbar_bh, j0, NB, D, DP, BN, PRECISION, MASKED)
+    if MASKED:
+        s = tl.where(j[None, :] < n_complete[:, None], s, float("-inf"))
+        m_new = tl.maximum(m, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    else:
+        m_new = tl.maximum(m, tl.max(s, 1))
+        m_safe = m_new
+    shift = m_safe * scale_log2
+    acc = acc * tl.exp2(m * scale_log2 - shift) + tl.sum(tl.exp2(s * scale_log2 - shift[:, None]), 1)
+    return m_new, acc
+
+
+@triton.jit
+def score_step(
+    qt,
+    kbar_bh,
+    j0,
+    lse,
+    n_past,
+    tok_t,
+    row,
+    t_end,
+    q_start,
+    scores,
+    segment_max,
+    NB,
+    NSEG,
+    scale_log2,
+    D: tl.constexpr,
+    DP: tl.constexpr,
+    BS: tl.constexpr,
+    BT: tl.constexpr,
+    GP: tl.constexpr,
+    BN: tl.constexpr,
+    PRECISION: tl.constexpr,
+    MASKED: tl.constexpr,
+):
+    """Pass 2 over one tile: the group scores of blocks `j0 … j0 + BN − 1` to `scores`, their maximum per
+    token to `segment_max`. Rows to ignore carry `lse = +inf`; `MASKED`: only past blocks `j < n_past`
+    (`[R]`) count, else the tile is past for every row and every token is below `t_end`."""
+    s, j = block_logits(qt, kbar_bh, j0, NB, D, DP, BN, PRECISION, MASKED)
+    p = tl.exp2(s * scale_log2 - lse[:, None])
+    if MASKED:
+        p = tl.where(j[None, :] < n_past[:, None], p, 0.0)
+    score = tl.sum(tl.reshape(p, [BT, GP, BN]), 1)  # [BT, BN], summed over the group's heads
+    if MASKED:
+        past = (tok_t[:, None] < t_end) & (j[None, :] < ((q_start + tok_t) // BS)[:, None])
+        tl.store(scores + row[:, None] * NB + j[None, :], score, mask=past)
+        score = tl.where(past, score, -1.0)
+        tl.store(segment_max + row * NSEG + j0 // BN, tl.max(score, 1), mask=tok_t < t_end)
+    else:
+        tl.store(scores + row[:, None] * NB + j[None, :], score)
+        tl.store(segment_max + row * NSEG + j0 // BN, tl.max(score, 1))
+
+
+@triton.jit
 def block_scores_kernel(
     q,  # [B, T, HQ, D]
     kbar,  # [B, HKV, NB, D]
     scores,  # [B * TC * HKV, NB] fp32 scratch, rows (b, token t_start + i, kv head)
-    segment_best,  # [B * TC * HKV, NSEG] int64 scratch: best key of each segment of BN blocks
+    segment_max,  # [B * TC * HKV, NSEG] fp32 scratch: maximum score of each segment of BN blocks, -1 if none
     T,
     NB,
     NSEG,
@@ -73,47 +175,81 @@ def block_scores_kernel(
     qt = tl.load(q_rows[:, None] + d[None, :], mask=row_ok[:, None] & (d[None, :] < D), other=0.0)
     kbar_bh = kbar + pid_bh.to(tl.int64) * NB * D
     last = q_start + tl.minimum(t0 + BT, t_end) - 1  # position of the last token of the tile
+    whole_tile = t0 + BT <= t_end  # every token of the tile is a row of this chunk
 
     # pass 1: log2-sum-exp of every row over its complete blocks (j + 1) * BS <= t + 1
     n_complete = (q_start + tok + 1) // BS  # [R]
+    unmasked_end = (q_start + t0 + 1) // BS // BN * BN  # these blocks are complete for every row
     m = tl.full([BT * GP], float("-inf"), tl.float32)
     acc = tl.zeros([BT * GP], tl.float32)
-    for j0 in range(0, (last + 1) // BS, BN):
-        j = j0 + tl.arange(0, BN)
-        kb = tl.load(
-            kbar_bh + j[:, None] * D + d[None, :], mask=(j[:, None] < NB) & (d[None, :] < D), other=0.0
-        )
-        s = tl.dot(qt, tl.trans(kb), input_precision=PRECISION) * scale_log2  # [R, BN]
-        s = tl.where(j[None, :] < n_complete[:, None], s, float("-inf"))
-        m_new = tl.maximum(m, tl.max(s, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        acc = acc * tl.exp2(m - m_safe) + tl.sum(tl.exp2(s - m_safe[:, None]), 1)
-        m = m_new
-    lse = m + tl.log2(acc)  # -inf for rows without a complete block (they have no past block either)
+    for j0 in range(0, unmasked_end, BN):
+        m, acc = lse_step(qt, kbar_bh, j0, m, acc, n_complete, NB, scale_log2, D, DP, BN, PRECISION, False)
+    for j0 in range(unmasked_end, (last + 1) // BS, BN):
+        m, acc = lse_step(qt, kbar_bh, j0, m, acc, n_complete, NB, scale_log2, D, DP, BN, PRECISION, True)
+    # -inf for rows without a complete block (they have no past block either); +inf for padding rows: p = 0
+    lse = tl.where(row_ok, m * scale_log2 + tl.log2(acc), float("inf"))
 
-    # pass 2: group scores of the past blocks j < t // BS -> scratch
+    # pass 2: group scores of the past blocks j < t // BS -> scratch, segment maxima
     n_past = (q_start + tok) // BS  # [R]
     tok_t = t0 + tl.arange(0, BT)  # [BT]
     row = ((b * t_count + tok_t - t_start) * HKV + h).to(tl.int64)  # [BT]
-    for j0 in range(0, last // BS, BN):
-        j = j0 + tl.arange(0, BN)
-        kb = tl.load(
-            kbar_bh + j[:, None] * D + d[None, :], mask=(j[:, None] < NB) & (d[None, :] < D), other=0.0
+    unmasked_end = tl.where(whole_tile, (q_start + t0) // BS // BN * BN, 0)  # past for every row
+    for j0 in range(0, unmasked_end, BN):
+        score_step(
+            qt,
+            kbar_bh,
+            j0,
+            lse,
+            n_past,
+            tok_t,
+            row,
+            t_end,
+            q_start,
+            scores,
+            segment_max,
+            NB,
+            NSEG,
+            scale_log2,
+            D,
+            DP,
+            BS,
+            BT,
+            GP,
+            BN,
+            PRECISION,
+            False,
         )
-        s = tl.dot(qt, tl.trans(kb), input_precision=PRECISION) * scale_log2  # [R, BN]
-        seen = row_ok[:, None] & (j[None, :] < n_past[:, None])
-        p = tl.where(seen, tl.exp2(s - lse[:, None]), 0.0)
-        score = tl.sum(tl.reshape(p, [BT, GP, BN]), 1)  # [BT, BN], summed over the group's heads
-        past = (tok_t[:, None] < t_end) & (j[None, :] < ((q_start + tok_t) // BS)[:, None])
-        tl.store(scores + row[:, None] * NB + j[None, :], score, mask=past)
-        best = tl.max(block_keys(score, j[None, :], past), 1)  # [BT]
-        tl.store(segment_best + row * NSEG + j0 // BN, best, mask=tok_t < t_end)
+    for j0 in range(unmasked_end, last // BS, BN):
+        score_step(
+            qt,
+            kbar_bh,
+            j0,
+            lse,
+            n_past,
+            tok_t,
+            row,
+            t_end,
+            q_start,
+            scores,
+            segment_max,
+            NB,
+            NSEG,
+            scale_log2,
+            D,
+            DP,
+            BS,
+            BT,
+            GP,
+            BN,
+            PRECISION,
+            True,
+        )
 
 
 @triton.jit
 def top_blocks_kernel(
     scores,  # [B * TC * HKV, NB] fp32 scratch
-    segment_best,  # [B * TC * HKV, NSEG] int64 scratch
+    segment_max,  # [B * TC * HKV, NSEG] fp32 scratch
     out,  # [B, T, HKV, K] int32
     T,
     NB,
@@ -137,23 +273,24 @@ def top_blocks_kernel(
     n_past = (q_start + tok) // BS
     seg = tl.arange(0, NSEGP)[None, :]
     written = row_ok[:, None] & (seg < NSEG) & (seg * SEG < n_past[:, None])  # segments holding past blocks
-    best = tl.load(
-        segment_best + r.to(tl.int64)[:, None] * NSEG + seg, mask=written, other=-1
-    )  # [ROWS, NSEGP]
+    seg_max = tl.load(segment_max + r.to(tl.int64)[:, None] * NSEG + seg, mask=written, other=-1.0)
+    # a segment's entry: the key of its maximum at its first block, >= the key of every block in it
+    entry = block_keys(seg_max, seg * SEG, written)  # [ROWS, NSEGP]
     row_scores = scores + r.to(tl.int64)[:, None] * NB  # [ROWS, 1]
     in_seg = tl.arange(0, SEG)[None, :]
     out_rows = out + ((b * T + tok) * HKV + r % HKV).to(tl.int64) * K  # [ROWS]
     tl.store(out_rows, n_past.to(tl.int32), mask=row_ok)  # slot 0: the own block
     for slot in range(1, K):
-        top = tl.max(best, 1)  # [ROWS]: the best key not taken yet, -1 when none is left
-        block = tl.where(top < 0, -1, 0xFFFFFFFF - (top & 0xFFFFFFFF))
-        tl.store(out_rows + slot, block.to(tl.int32), mask=row_ok)
-        top_seg = tl.maximum(block, 0) // SEG  # [ROWS]
+        top = tl.max(entry, 1)  # [ROWS]: the best entry, -1 when no block is left
+        top_seg = tl.maximum(0xFFFFFFFF - (top & 0xFFFFFFFF), 0) // SEG  # its segment (entries keep it)
         j = top_seg[:, None] * SEG + in_seg  # [ROWS, SEG]
         in_past = row_ok[:, None] & (j < n_past[:, None])
         keys = block_keys(tl.load(row_scores + j, mask=in_past, other=0.0), j, in_past)
-        following = tl.max(tl.where(keys < top[:, None], keys, -1), 1)  # the keys taken are all >= top
-        best = tl.where(seg == top_seg[:, None], following[:, None], best)
+        chosen = tl.max(tl.where(keys <= top[:, None], keys, -1), 1)  # the best key left: at most the entry
+        block = tl.where(chosen < 0, -1, 0xFFFFFFFF - (chosen & 0xFFFFFFFF))
+        tl.store(out_rows + slot, block.to(tl.int32), mask=row_ok)
+        following = tl.max(tl.where(keys < chosen[:, None], keys, -1), 1)  # the keys taken are all >= chosen
+        entry = tl.where(seg == top_seg[:, None], following[:, None], entry)
 
 
 def parallel_select_blocks_from_means(
@@ -199,7 +336,9 @@ def parallel_select_blocks_from_means(
     chunk = min(seq_len, max(tile_tokens, SCRATCH_BYTES // row_bytes // tile_tokens * tile_tokens))
     scratch = torch.empty(batch * chunk * num_kv_heads * num_blocks, dtype=torch.float32, device=q.device)
     num_segments = triton.cdiv(num_blocks, tile_blocks)
-    segment_best = torch.empty(batch * chunk * num_kv_heads, num_segments, dtype=torch.int64, device=q.device)
+    segment_max = torch.empty(
+        batch * chunk * num_kv_heads, num_segments, dtype=torch.float32, device=q.device
+    )
     padded_segments = triton.next_power_of_2(num_segments)
     top_rows = max(1, min(64, 2048 // padded_segments))
     for t_start in range(0, seq_len, chunk):
@@ -210,7 +349,7 @@ def parallel_select_blocks_from_means(
             q=q,
             kbar=kbar,
             scores=scratch,
-            segment_best=segment_best,
+            segment_max=segment_max,
             scale_log2=scale * 1.4426950408889634,
             G=group,
             GP=group_pad,
@@ -226,7 +365,7 @@ def parallel_select_blocks_from_means(
         num_rows = batch * t_count * num_kv_heads
         top_blocks_kernel[(triton.cdiv(num_rows, top_rows),)](
             scores=scratch,
-            segment_best=segment_best,
+            segment_max=segment_max,
             out=out,
             num_rows=num_rows,
             K=block_count,

@@ -105,9 +105,11 @@ def sparse_bwd_dq_kernel(
     k,  # [B, T, HKV, D]
     v,  # [B, T, HKV, D]
     idx,  # [B, T, HKV, NS] int32
+    o,  # [B, T, HQ, D]
     do,  # [B, T, HQ, D]
     lse,  # [B, T, HQ] fp32
-    delta,  # [B, T, HQ] fp32: rowsum(do * o) - dlse
+    dlse,  # [B, T, HQ] fp32, or None
+    delta,  # [B, T, HQ] fp32 output for the dk/dv kernel: rowsum(do * o) - dlse
     dq,  # [B, T, HQ, D]
     T,
     scale,
@@ -121,7 +123,8 @@ def sparse_bwd_dq_kernel(
     BKV: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
-    """Grid `(T, B * HKV)`: `dq = scale * sum_s p (dp - delta) k_s` over the visible selected keys."""
+    """Grid `(T, B * HKV)`: `dq = scale * sum_s p (dp - delta) k_s` over the visible selected keys; writes the
+    rows' `delta` for the dk/dv kernel (one pass over `o` and `do` instead of separate PyTorch ops)."""
     t = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b, h = pid_bh // HKV, pid_bh % HKV
@@ -134,8 +137,13 @@ def sparse_bwd_dq_kernel(
     io_mask = row_ok[:, None] & d_ok[None, :]
     qt = tl.load(q + q_rows[:, None] + d[None, :], mask=io_mask, other=0.0)
     dot = tl.load(do + q_rows[:, None] + d[None, :], mask=io_mask, other=0.0)
-    lse2 = tl.load(lse + bt * HKV * G + h * G + head, mask=row_ok, other=0.0) * 1.4426950408889634
-    dlt = tl.load(delta + bt * HKV * G + h * G + head, mask=row_ok, other=0.0)
+    row_stats = bt * HKV * G + h * G + head  # [GP] flat (token, query head)
+    lse2 = tl.load(lse + row_stats, mask=row_ok, other=0.0) * 1.4426950408889634
+    ot = tl.load(o + q_rows[:, None] + d[None, :], mask=io_mask, other=0.0)
+    dlt = tl.sum(dot.to(tl.float32) * ot.to(tl.float32), 1)  # [GP]
+    if dlse is not None:  # d lse / d logit = p: it enters as ds = p (dp - delta + dlse)
+        dlt -= tl.load(dlse + row_stats, mask=row_ok, other=0.0)
+    tl.store(delta + row_stats, dlt, mask=row_ok)
     acc = tl.zeros([GP, DP], tl.float32)
     for n0 in range(0, NS * BS, BKV):
         kt, vt, ok = selected_keys(k, v, idx, n0, b, t, h, T, HKV, D, DP, BS, NS, BKV)  # [BKV, DP] x2, [BKV]
@@ -261,29 +269,30 @@ def sparse_attention_fwd(
 def reverse_index(indices: torch.Tensor, block_size: int) -> tuple[torch.Tensor, torch.Tensor, int]:
     """For every (batch, kv head, key block): the tokens that selected it and can see part of it.
 
+    No host synchronisation: one stable sort of int32 group ids and a `searchsorted` for the boundaries.
+
     Args:
         indices: `[B, T, HKV, NS]` block indices, `-1` = unused.
 
     Returns:
-        tokens: `[E]` int32, grouped by (batch, kv head, block), ascending token within a group.
+        tokens: `[B * T * HKV * NS]` int32, grouped by (batch, kv head, block), ascending token within a
+            group; entries past `offsets[-1]` belong to no group.
         offsets: `[B * HKV * NBA + 1]` int32; group `g` is `tokens[offsets[g]:offsets[g + 1]]`.
         NBA: `ceil(T / block_size)`, the blocks that hold keys.
     """
-    batch, seq_len, num_kv_heads, _ = indices.shape
+    batch, seq_len, num_kv_heads, slots = indices.shape
+    device = indices.device
     num_blocks = triton.cdiv(seq_len, block_size)
-    blk = indices.long()
-    t = torch.arange(seq_len, device=indices.device)[None, :, None, None]
-    seen = (blk >= 0) & (blk * block_size <= t)  # a block starting after t adds nothing
-    b = torch.arange(batch, device=indices.device)[:, None, None, None]
-    h = torch.arange(num_kv_heads, device=indices.device)[None, None, :, None]
+    t = torch.arange(seq_len, device=device, dtype=torch.int32)[None, :, None, None]
+    seen = (indices >= 0) & (indices * block_size <= t)  # a block starting after t adds nothing
+    b = torch.arange(batch, device=device, dtype=torch.int32)[:, None, None, None]
+    h = torch.arange(num_kv_heads, device=device, dtype=torch.int32)[None, None, :, None]
     groups = batch * num_kv_heads * num_blocks
-    group = torch.where(seen, (b * num_kv_heads + h) * num_blocks + blk, groups)  # [B, T, HKV, NS]
+    group = torch.where(seen, (b * num_kv_heads + h) * num_blocks + indices, groups)  # [B, T, HKV, NS]
     group, order = group.flatten().sort(stable=True)  # flat order is token-major: tokens stay ascending
-    count = int(seen.sum())
-    tokens = t.expand_as(blk).flatten()[order[:count]].to(torch.int32)
-    offsets = torch.zeros(groups + 1, dtype=torch.int32, device=indices.device)
-    offsets[1:] = torch.bincount(group[:count], minlength=groups).cumsum(0)
-    return tokens, offsets, num_blocks
+    tokens = (order // (num_kv_heads * slots) % seq_len).to(torch.int32)
+    bounds = torch.arange(groups + 1, device=device, dtype=torch.int32)
+    return tokens, torch.searchsorted(group, bounds, out_int32=True), num_blocks
 
 
 def sparse_attention_bwd(
@@ -315,9 +324,7 @@ def sparse_attention_bwd(
         dq `[B, T, HQ, D]`, dk and dv `[B, T, HKV, D]`, in the input dtype.
     """
     batch, seq_len = q.shape[:2]
-    delta = (o.float() * do.float()).sum(-1)  # [B, T, HQ]
-    if dlse is not None:  # d lse / d logit = p: it enters as ds = p (dp - delta + dlse)
-        delta = delta - dlse.float()
+    delta = torch.empty_like(lse)  # [B, T, HQ], written by the dq kernel
     tiles = _tiles(q, k, block_size)
     slots = indices.shape[3]
     dq = torch.empty_like(q)
@@ -326,8 +333,10 @@ def sparse_attention_bwd(
         k=k,
         v=v,
         idx=indices,
+        o=o,
         do=do,
         lse=lse,
+        dlse=None if dlse is None else dlse.float().contiguous(),
         delta=delta,
         dq=dq,
         T=seq_len,

@@ -91,8 +91,9 @@ def tie_case() -> None:
         assert out[0, t].tolist() == [expected, expected], f"t={t}: {out[0, t].tolist()}"
 
 
-def sparse_case(shape: Shape) -> None:
-    """Triton sparse attention: o, lse and all three gradients (through o and lse) match the reference."""
+def sparse_case(shape: Shape, lse_in_loss: bool = True) -> None:
+    """Triton sparse attention: o, lse and all three gradients (through o and lse, or o alone) match the
+    reference."""
     from ssa_kernels import sparse_attention
     from ssa_kernels.select_blocks import naive_select_blocks
     from ssa_kernels.sparse_attention import naive_sparse_attention
@@ -105,8 +106,8 @@ def sparse_case(shape: Shape) -> None:
     indices = naive_select_blocks(q, k, shape.block_size, shape.block_count)
     o, lse = sparse_attention(q, k, v, indices, shape.block_size)
     ref_o, ref_lse = naive_sparse_attention(q, k, v, indices, shape.block_size)
-    do, dlse = torch.randn_like(o), torch.randn_like(lse)
-    grads = torch.autograd.grad((o * do).sum() + (lse * dlse).sum(), (q, k, v))
+    do, dlse = torch.randn_like(o), torch.randn_like(lse) * lse_in_loss
+    grads = torch.autograd.grad((o * do).sum() + ((lse * dlse).sum() if lse_in_loss else 0), (q, k, v))
     ref_grads = torch.autograd.grad((ref_o * do).sum() + (ref_lse * dlse).sum(), (q, k, v))
     names = ("o", "lse", "dq", "dk", "dv")
     for name, ref, out in zip(names, (ref_o, ref_lse, *ref_grads), (o, lse, *grads), strict=True):
@@ -122,6 +123,7 @@ def cases() -> dict[str, Callable[[], None]]:
     found["select-from-means-at-offsets"] = offset_select_case
     found["select-query-chunks-small-segments"] = chunked_select_case
     found.update({f"sparse-{n}": lambda s=s: sparse_case(s) for n, s in SPARSE_CASES.items()})
+    found["sparse-g16-T40-bs4-k8-o-grad-only"] = lambda: sparse_case(SPARSE_CASES["g16-T40-bs4-k8"], False)
     return found
 
 

@@ -39,7 +39,7 @@ def compile_instead_of_launch(compiled: list[str]):
         signature, constants = {}, {}
         for param in self.params:
             value = kwargs[param.name]
-            if param.is_constexpr:
+            if param.is_constexpr or value is None:  # an optional pointer left out is a constexpr None
                 signature[param.name], constants[param.name] = "constexpr", value
             elif isinstance(value, torch.Tensor):
                 signature[param.name] = POINTER_TYPES[value.dtype]
@@ -57,12 +57,12 @@ def compile_instead_of_launch(compiled: list[str]):
 
 
 @pytest.mark.parametrize(
-    ("dtype", "dim", "group"),
-    [(torch.bfloat16, 64, 16), (torch.float32, 128, 2)],
-    ids=["bf16-d64-g16", "fp32-d128-g2"],
+    ("dtype", "dim", "group", "with_dlse"),
+    [(torch.bfloat16, 64, 16, False), (torch.float32, 128, 2, True)],
+    ids=["bf16-d64-g16", "fp32-d128-g2-dlse"],
 )
 def test_kernels_compile_for_sm90(
-    monkeypatch: pytest.MonkeyPatch, dtype: torch.dtype, dim: int, group: int
+    monkeypatch: pytest.MonkeyPatch, dtype: torch.dtype, dim: int, group: int, with_dlse: bool
 ) -> None:
     compiled: list[str] = []
     monkeypatch.setattr(JITFunction, "run", compile_instead_of_launch(compiled))
@@ -74,7 +74,8 @@ def test_kernels_compile_for_sm90(
         -1, seq_len // block_size, (batch, seq_len, kv_heads, block_count), dtype=torch.int32
     )
     o, lse = sparse_attention_fwd(q, k, v, indices, block_size, dim**-0.5)
-    sparse_attention_bwd(q, k, v, indices, o, lse, torch.randn_like(o), None, block_size, dim**-0.5)
+    dlse = torch.randn_like(lse) if with_dlse else None
+    sparse_attention_bwd(q, k, v, indices, o, lse, torch.randn_like(o), dlse, block_size, dim**-0.5)
     assert compiled == [
         "block_scores_kernel",
         "top_blocks_kernel",

@@ -151,22 +151,28 @@ def test_select_blocks_tie_rule(dtype: torch.dtype, poison: None) -> None:
     assert torch.equal(out[..., 1:], expected.int()[None, :, None, :].expand(2, -1, 2, -1))
 
 
-def sparse_case(shape: Shape, dtype: torch.dtype) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Outputs and gradients (o, lse, dq, dk, dv) of the CUDA path and the fp32 reference, same inputs."""
+def sparse_case(
+    shape: Shape, dtype: torch.dtype, lse_in_loss: bool = True
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Outputs and gradients (o, lse, dq, dk, dv) of the CUDA path and the fp32 reference, same inputs; the
+    loss takes lse too, or only o (the backward then gets no lse gradient)."""
     q, k, v = random_inputs(shape, dtype)
     indices = select_blocks(q, k, shape.block_size, shape.block_count)
     o, lse = sparse_attention(q, k, v, indices, shape.block_size)
-    do, dlse = torch.randn_like(o), torch.randn_like(lse)
-    grads = torch.autograd.grad((o.float() * do).sum() + (lse * dlse).sum(), (q, k, v))
+    do, dlse = torch.randn_like(o), torch.randn_like(lse) * lse_in_loss
+    loss = (o.float() * do).sum() + ((lse * dlse).sum() if lse_in_loss else 0)
+    grads = torch.autograd.grad(loss, (q, k, v))
     ref_o, ref_lse = naive_sparse_attention(q.float(), k.float(), v.float(), indices, shape.block_size)
-    ref_grads = torch.autograd.grad((ref_o * do).sum() + (ref_lse * dlse).sum(), (q, k, v))
+    ref_loss = (ref_o * do).sum() + ((ref_lse * dlse).sum() if lse_in_loss else 0)
+    ref_grads = torch.autograd.grad(ref_loss, (q, k, v))
     return [o, lse, *grads], [ref_o, ref_lse, *ref_grads]
 
 
 @pytest.mark.parametrize("shape", GPU_SHAPES.values(), ids=GPU_SHAPES)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
-def test_sparse_attention(shape: Shape, dtype: torch.dtype, poison: None) -> None:
-    outs, refs = sparse_case(shape, dtype)
+@pytest.mark.parametrize("lse_in_loss", [True, False], ids=["lse-grad", "o-grad-only"])
+def test_sparse_attention(shape: Shape, dtype: torch.dtype, lse_in_loss: bool, poison: None) -> None:
+    outs, refs = sparse_case(shape, dtype, lse_in_loss)
     tolerances = (1e-2, 1e-3, 2e-2, 2e-2, 2e-2) if dtype == torch.bfloat16 else (1e-4,) * 5
     for name, ref, out, tol in zip(("o", "lse", "dq", "dk", "dv"), refs, outs, tolerances, strict=True):
         assert out.dtype == (torch.float32 if name == "lse" else dtype), name

@@ -76,3 +76,9 @@ def test_no_grad() -> None:
 def test_bad_inputs(q_shape, k_shape, block_size, block_count, message) -> None:
     with pytest.raises(ValueError, match=message):
         select_blocks(torch.randn(q_shape), torch.randn(k_shape), block_size, block_count)
+
+
+@pytest.mark.parametrize("scale", [0.0, -0.125, float("nan")], ids=["zero", "negative", "nan"])
+def test_scale_must_be_positive(scale: float) -> None:
+    with pytest.raises(ValueError, match="scale must be > 0"):
+        select_blocks(torch.randn(1, 8, 2, 4), torch.randn(1, 8, 2, 4), 4, 2, scale)
