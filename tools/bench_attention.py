@@ -2,7 +2,7 @@
 
     python tools/bench_attention.py                      # 8K/32K/64K/128K, batch x length = 65,536 tokens
     python tools/bench_attention.py --seqlens 8192 --append docs/perf/bench_attention.jsonl
-    python tools/bench_attention.py --tune --seqlens 65536     # sweep the launch parameters of two kernels
+    python tools/bench_attention.py --tune fwd dq --seqlens 65536  # sweep launch parameters (all: --tune)
     git archive deb82d0 kernels | tar -x -C /tmp/prev        # an earlier version of the kernels, then:
     python tools/bench_attention.py --baseline /tmp/prev/kernels --baseline-name deb82d0
 
@@ -38,9 +38,9 @@ TOKENS = 65_536  # batch x length of every run
 HEADS, KV_HEADS, DIM, BLOCK_SIZE, BLOCK_COUNT = 32, 2, 64, 16, 16
 
 
-def bench(fn: Callable[[], object]) -> float:
-    """Median milliseconds of `fn` over ~1 s of repeats after warm-up."""
-    return triton.testing.do_bench(fn, warmup=100, rep=1000, return_mode="median")
+def bench(fn: Callable[[], object], rep_ms: int = 1000) -> float:
+    """Median milliseconds of `fn` over `rep_ms` of repeats after warm-up."""
+    return triton.testing.do_bench(fn, warmup=100, rep=rep_ms, return_mode="median")
 
 
 def kernel_times(fn: Callable[[], object], iters: int = 10) -> dict[str, float]:
@@ -153,30 +153,49 @@ def run(seq_len: int, baseline: ModuleType | None = None) -> dict[str, object]:
     return record
 
 
-def tune(seq_len: int) -> list[dict[str, object]]:
-    """Time the selection over score tiles (= top-k segments), the sparse backward over dk/dv tiles."""
+TUNE_GRIDS = {
+    "select": {"tile_rows": [32, 64, 128], "tile_blocks": [32, 64, 128], "num_warps": [4, 8]},
+    "fwd": {"keys": [32, 64, 128], "warps": [1, 2, 4], "stages": [2, 3]},
+    "dq": {"dq_keys": [32, 64, 128], "dq_warps": [1, 2, 4], "dq_stages": [2, 3]},
+    "dkdv": {"dkdv_rows": [32, 64, 128], "dkdv_warps": [4, 8], "dkdv_stages": [1, 2, 3]},
+}
+"""Launch parameters `--tune` sweeps, per kernel (the keyword arguments of its launcher)."""
+
+
+def tune(seq_len: int, kernels: list[str]) -> list[dict[str, object]]:
+    """Time each kernel's launcher over its `TUNE_GRIDS` settings: the selection (also counting rows that
+    change: near-ties flip with the score tile), the sparse forward, the backward (dq or dk/dv varied)."""
     batch = max(1, TOKENS // seq_len)
     q = torch.randn(batch, seq_len, HEADS, DIM, device="cuda", dtype=torch.bfloat16)
     k, v = (torch.randn(batch, seq_len, KV_HEADS, DIM, device="cuda", dtype=torch.bfloat16) for _ in range(2))
     scale = DIM**-0.5
     reference = select_blocks_fwd(q, k, BLOCK_SIZE, BLOCK_COUNT, scale)
-    base = {"device": torch.cuda.get_device_name(), "git": git_commit(), "seqlen": seq_len, "batch": batch}
-    records = []
-    for rows, blocks, warps in itertools.product([32, 64, 128], [32, 64, 128], [4, 8]):
-        setting = {"tile_rows": rows, "tile_blocks": blocks, "num_warps": warps}
-        fn = functools.partial(select_blocks_fwd, q, k, BLOCK_SIZE, BLOCK_COUNT, scale, **setting)
-        equal_rows = (fn() == reference).all(-1).float().mean().item()  # near-ties flip with the tile
-        records.append({**base, "kernel": "select", **setting, "equal_rows": equal_rows, "ms": bench(fn)})
     o, lse = sparse_attention_fwd(q, k, v, reference, BLOCK_SIZE, scale)
     do = torch.randn_like(o)
-    for rows, warps, stages in itertools.product([32, 64, 128], [4, 8], [1, 2, 3]):
-        setting = {"dkdv_rows": rows, "dkdv_warps": warps, "dkdv_stages": stages}
-        fn = functools.partial(
-            sparse_attention_bwd, q, k, v, reference, o, lse, do, None, BLOCK_SIZE, scale, **setting
-        )
-        records.append({**base, "kernel": "sparse_bwd", **setting, "ms": bench(fn)})
-    for record in records:
-        print(json.dumps(record), flush=True)
+    launchers = {
+        "select": functools.partial(select_blocks_fwd, q, k, BLOCK_SIZE, BLOCK_COUNT, scale),
+        "fwd": functools.partial(sparse_attention_fwd, q, k, v, reference, BLOCK_SIZE, scale),
+        "dq": functools.partial(
+            sparse_attention_bwd, q, k, v, reference, o, lse, do, None, BLOCK_SIZE, scale
+        ),
+    }
+    launchers["dkdv"] = launchers["dq"]
+    base = {"device": torch.cuda.get_device_name(), "git": git_commit(), "seqlen": seq_len, "batch": batch}
+    records = []
+    for kernel in kernels:
+        grid = TUNE_GRIDS[kernel]
+        for values in itertools.product(*grid.values()):
+            setting = dict(zip(grid, values, strict=True))
+            fn = functools.partial(launchers[kernel], **setting)
+            record = {**base, "kernel": kernel, **setting}
+            try:
+                if kernel == "select":
+                    record["equal_rows"] = (fn() == reference).all(-1).float().mean().item()
+                record["ms"] = bench(fn, rep_ms=300)
+            except Exception as error:  # a setting that does not compile or fit is a result too
+                record["error"] = f"{type(error).__name__}: {str(error)[:200]}"
+            print(json.dumps(record), flush=True)
+            records.append(record)
     return records
 
 
@@ -184,7 +203,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seqlens", type=int, nargs="+", default=[8192, 32768, 65536, 131072])
     parser.add_argument("--append", type=Path, help="JSON-lines file to append the records to")
-    parser.add_argument("--tune", action="store_true", help="sweep launch parameters instead (JSON lines)")
+    parser.add_argument(
+        "--tune",
+        nargs="*",
+        choices=list(TUNE_GRIDS),
+        help="sweep the launch parameters of these kernels instead (all when none named; JSON lines)",
+    )
     parser.add_argument(
         "--baseline", type=Path, help="another copy of ssa_kernels (a kernels/ folder) to time"
     )
@@ -192,9 +216,9 @@ def main() -> None:
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("bench_attention needs a CUDA GPU")
-    if args.tune:
+    if args.tune is not None:
         for seq_len in args.seqlens:
-            tune(seq_len)
+            tune(seq_len, args.tune or list(TUNE_GRIDS))
         return
     baseline = load_baseline(args.baseline) if args.baseline else None
     columns = [

@@ -233,14 +233,31 @@ def _tiles(q: torch.Tensor, k: torch.Tensor, block_size: int) -> dict[str, int |
     }
 
 
+def gather_launch(slots: int, block_size: int, keys: int, warps: int, stages: int) -> dict[str, int]:
+    """Launch settings of the forward and dq kernels (one program per token gathers its selected keys):
+    `keys` per step (at most the row's `slots * block_size`), warps, pipeline stages."""
+    steps = max(16, min(keys, triton.next_power_of_2(slots * block_size)))
+    return {"BKV": steps, "num_warps": warps, "num_stages": stages}
+
+
 def sparse_attention_fwd(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, indices: torch.Tensor, block_size: int, scale: float
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    indices: torch.Tensor,
+    block_size: int,
+    scale: float,
+    *,
+    keys: int = 64,
+    warps: int = 4,
+    stages: int = 3,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch `sparse_fwd_kernel`.
 
     Args:
         q: `[B, T, HQ, D]`, k/v: `[B, T, HKV, D]` contiguous, one dtype.
         indices: `[B, T, HKV, NS]` int32 contiguous.
+        keys, warps, stages: keys per step, warps and pipeline stages (`tools/bench_attention.py --tune`).
 
     Returns:
         o: `[B, T, HQ, D]` in `q.dtype`; lse: `[B, T, HQ]` fp32.
@@ -259,9 +276,8 @@ def sparse_attention_fwd(
         T=seq_len,
         scale_log2=scale * LOG2E,
         NS=slots,
-        BKV=max(16, min(64, triton.next_power_of_2(slots * block_size))),
+        **gather_launch(slots, block_size, keys, warps, stages),
         **_tiles(q, k, block_size),
-        num_warps=4,
     )
     return o, lse
 
@@ -307,6 +323,9 @@ def sparse_attention_bwd(
     block_size: int,
     scale: float,
     *,
+    dq_keys: int = 64,
+    dq_warps: int = 4,
+    dq_stages: int = 3,
     dkdv_rows: int | None = None,
     dkdv_warps: int = 4,
     dkdv_stages: int = 3,
@@ -316,6 +335,7 @@ def sparse_attention_bwd(
     Args:
         q, o, do: `[B, T, HQ, D]`; k, v: `[B, T, HKV, D]`; indices: `[B, T, HKV, NS]` int32.
         lse: `[B, T, HQ]` fp32 from the forward; dlse: its gradient or None.
+        dq_keys, dq_warps, dq_stages: keys per step, warps and pipeline stages of the dq kernel.
         dkdv_rows, dkdv_warps, dkdv_stages: (token, head) rows per dk/dv step (default 128 for head dims up
             to 64, else 64), warps and pipeline stages of the dk/dv kernel (`tools/bench_attention.py --tune`
             sweeps them: 128 rows are 9 % faster than 64 at D = 64 on H100).
@@ -342,9 +362,8 @@ def sparse_attention_bwd(
         T=seq_len,
         scale=scale,
         NS=slots,
-        BKV=max(16, min(64, triton.next_power_of_2(slots * block_size))),
+        **gather_launch(slots, block_size, dq_keys, dq_warps, dq_stages),
         **tiles,
-        num_warps=4,
     )
     tokens, offsets, num_blocks = reverse_index(indices, block_size)
     dk, dv = torch.empty_like(k), torch.empty_like(v)

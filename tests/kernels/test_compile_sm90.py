@@ -29,6 +29,7 @@ POINTER_TYPES = {
     torch.int64: "*i64",
 }
 LAUNCH_OPTIONS = ("num_warps", "num_stages")
+H100_SHARED_BYTES = 227 * 1024  # shared memory one H100 block may use
 
 
 def compile_instead_of_launch(compiled: list[str]):
@@ -48,9 +49,10 @@ def compile_instead_of_launch(compiled: list[str]):
             else:
                 signature[param.name] = "i32" if abs(value) < 2**31 else "i64"
         options = {name: kwargs[name] for name in LAUNCH_OPTIONS if name in kwargs}
-        triton.compile(
+        kernel = triton.compile(
             ASTSource(self, signature, constants), target=GPUTarget("cuda", 90, 32), options=options
         )
+        assert kernel.metadata.shared <= H100_SHARED_BYTES, f"{self.fn.__name__}: {kernel.metadata.shared} B"
         compiled.append(self.fn.__name__)
 
     return run
