@@ -155,8 +155,8 @@ def run(seq_len: int, baseline: ModuleType | None = None) -> dict[str, object]:
 
 TUNE_GRIDS = {
     "select": {"tile_rows": [32, 64, 128], "tile_blocks": [32, 64, 128], "num_warps": [4, 8]},
-    "fwd": {"keys": [32, 64, 128], "warps": [1, 2, 4], "stages": [2, 3]},
-    "dq": {"dq_keys": [32, 64, 128], "dq_warps": [1, 2, 4], "dq_stages": [2, 3]},
+    "fwd": {"keys": [16, 32, 64, 128], "warps": [1, 2, 4], "stages": [2, 3, 4]},
+    "dq": {"dq_keys": [16, 32, 64, 128], "dq_warps": [1, 2, 4], "dq_stages": [2, 3, 4]},
     "dkdv": {"dkdv_rows": [32, 64, 128], "dkdv_warps": [4, 8], "dkdv_stages": [1, 2, 3]},
 }
 """Launch parameters `--tune` sweeps, per kernel (the keyword arguments of its launcher)."""

@@ -301,9 +301,9 @@ def parallel_select_blocks_from_means(
     block_count: int,
     scale: float,
     *,
-    tile_rows: int = 64,
-    tile_blocks: int = 64,
-    num_warps: int = 4,
+    tile_rows: int = 128,
+    tile_blocks: int | None = None,
+    num_warps: int | None = None,
 ) -> torch.Tensor:
     """Launch `block_scores_kernel` and `top_blocks_kernel` over query chunks.
 
@@ -312,7 +312,9 @@ def parallel_select_blocks_from_means(
         kbar: `[B, NB, HKV, D]` fp32 means of the complete key blocks of the sequence (at least those before
             the last query: context parallelism all-gathers them).
         tile_rows, tile_blocks, num_warps: the score tile `[(token, head) rows, blocks]` and its warps
-            (`tools/bench_attention.py --tune` sweeps them).
+            (`tools/bench_attention.py --tune select` sweeps them). Defaults, the fastest on an H100 (bf16,
+            D = 64, docs/perf/tune_attention.jsonl): 128 rows; 32 blocks with 4 warps up to 1,024 blocks
+            (8K tokens at BS = 16), else 64 blocks with 8 warps.
 
     Returns:
         indices: `[B, R, HKV, block_count]` int32 global block ids, the rows of `naive_select_blocks` for
@@ -331,6 +333,8 @@ def parallel_select_blocks_from_means(
     kbar = kbar.transpose(1, 2).to(q.dtype).contiguous()
     q = q.contiguous()
     group_pad = triton.next_power_of_2(group)
+    tile_blocks = tile_blocks or (32 if num_blocks <= 1024 else 64)
+    num_warps = num_warps or (4 if tile_blocks <= 32 else 8)
     tile_tokens = max(1, tile_rows // group_pad)
     row_bytes = batch * num_kv_heads * num_blocks * 4
     chunk = min(seq_len, max(tile_tokens, SCRATCH_BYTES // row_bytes // tile_tokens * tile_tokens))

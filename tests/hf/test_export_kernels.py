@@ -9,6 +9,7 @@ import sys
 import textwrap
 
 import pytest
+import torch
 
 from tests.helpers import REPO
 
@@ -54,3 +55,46 @@ def test_plain_prefill_with_kernels_equals_own_code(exported) -> None:
     result = json.loads(child.stdout.strip().splitlines()[-1])
     assert result["calls"] == ["full_attention", "sparse_attention"], result  # the fused path ran
     assert result["full"] < 1e-4 and result["sparse"] < 1e-4, result
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize(
+    ("dtype", "tolerance"), [(torch.float32, 1e-3), (torch.bfloat16, 0.1)], ids=["fp32", "bf16"]
+)
+@pytest.mark.parametrize("mode", ["full", "sparse"])
+def test_plain_prefill_on_cuda_uses_kernels(mode: str, dtype: torch.dtype, tolerance: float) -> None:
+    """On a GPU the export's plain prefill runs the fused ops; its logits are those of the export's own code
+    (fp32 math) within the dtype's tolerance, at a length off the block and tile grids."""
+    from ssa_pretrain.hf import modeling_ssa
+    from ssa_pretrain.hf.configuration_ssa import SSAConfig
+
+    config = SSAConfig(
+        vocab_size=512, hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=8,
+        num_key_value_heads=2, block_size=16, block_count=4, inference_mode=mode,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = modeling_ssa.SSAForCausalLM(config).to("cuda", dtype).eval()
+    tokens = torch.randint(0, config.vocab_size, (2, 333), device="cuda")
+    kernels, calls = modeling_ssa.ssa_kernels, []
+    assert kernels is not None, "ssa_kernels is importable here"
+    spy = type("Spy", (), {})()
+    for name in ("full_attention", "select_blocks", "sparse_attention"):
+        op = getattr(kernels, name)
+        setattr(spy, name, lambda *a, op=op, name=name, **kw: calls.append(name) or op(*a, **kw))
+    try:
+        with torch.no_grad():
+            modeling_ssa.ssa_kernels = spy
+            fused = model(tokens, use_cache=False).logits.float()
+            modeling_ssa.ssa_kernels = None
+            own = model(tokens, use_cache=False).logits.float()
+    finally:
+        modeling_ssa.ssa_kernels = kernels
+    expected_calls = {"full_attention"} if mode == "full" else {"select_blocks", "sparse_attention"}
+    assert set(calls) == expected_calls
+    if mode == "full":
+        torch.testing.assert_close(fused, own, atol=tolerance, rtol=tolerance)
+        return
+    # sparse: tensor-core selection may swap a near-tied block at a few positions (tests/kernels/test_gpu.py)
+    close = torch.isclose(fused, own, atol=tolerance, rtol=tolerance).all(-1)
+    assert close.float().mean() >= 0.98, f"{(~close).sum()} of {close.numel()} positions differ"
