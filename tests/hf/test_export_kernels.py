@@ -65,13 +65,18 @@ def test_plain_prefill_with_kernels_equals_own_code(exported) -> None:
 @pytest.mark.parametrize("mode", ["full", "sparse"])
 def test_plain_prefill_on_cuda_uses_kernels(mode: str, dtype: torch.dtype, tolerance: float) -> None:
     """On a GPU the export's plain prefill runs the fused ops; its logits are those of the export's own code
-    (fp32 math) within the dtype's tolerance, at a length off the block and tile grids."""
+    (fp32 math) within the dtype's tolerance, at a length off the block and tile grids.
+
+    A random model's block scores are nearly tied everywhere, so in bf16 (block means rounded for the tensor
+    cores) the two selections differ at many positions: there the budget covers all 21 blocks, which checks
+    the wiring and dtypes; fp32 checks a binding budget (tests/kernels/test_gpu.py tests the selection)."""
     from ssa_pretrain.hf import modeling_ssa
     from ssa_pretrain.hf.configuration_ssa import SSAConfig
 
     config = SSAConfig(
         vocab_size=512, hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=8,
-        num_key_value_heads=2, block_size=16, block_count=4, inference_mode=mode,
+        num_key_value_heads=2, block_size=16, block_count=4 if dtype == torch.float32 else 32,
+        inference_mode=mode,
     )  # fmt: skip
     torch.manual_seed(0)
     model = modeling_ssa.SSAForCausalLM(config).to("cuda", dtype).eval()
