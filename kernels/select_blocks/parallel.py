@@ -16,7 +16,8 @@
 The query axis is processed in chunks of `TC` tokens so that the scratch buffer stays under
 `SCRATCH_BYTES`. (An earlier single kernel kept a running top-k with a bitonic merge per score tile; the
 merges cost 3/4 of its time: docs/PERFORMANCE.md. The next one wrote the best key of every segment from the
-score kernel: the 64-bit work on the replicated score tile was ~40 % of that kernel's instructions.)
+score kernel: 64-bit work on a score tile replicated across lanes; without it and with unmasked interior
+tiles, pass 2's loop has 269 instead of 466 instructions per thread in the sm_90 PTX.)
 """
 
 import torch
@@ -177,15 +178,19 @@ def block_scores_kernel(
     last = q_start + tl.minimum(t0 + BT, t_end) - 1  # position of the last token of the tile
     whole_tile = t0 + BT <= t_end  # every token of the tile is a row of this chunk
 
-    # pass 1: log2-sum-exp of every row over its complete blocks (j + 1) * BS <= t + 1
+    # pass 1: log2-sum-exp of every row over its complete blocks (j + 1) * BS <= t + 1; first the tiles
+    # complete for every row, without masks, then the row's last tiles with them (also in pass 2)
     n_complete = (q_start + tok + 1) // BS  # [R]
-    unmasked_end = (q_start + t0 + 1) // BS // BN * BN  # these blocks are complete for every row
+    unmasked_end = (q_start + t0 + 1) // BS // BN * BN
     m = tl.full([BT * GP], float("-inf"), tl.float32)
     acc = tl.zeros([BT * GP], tl.float32)
-    for j0 in range(0, unmasked_end, BN):
-        m, acc = lse_step(qt, kbar_bh, j0, m, acc, n_complete, NB, scale_log2, D, DP, BN, PRECISION, False)
-    for j0 in range(unmasked_end, (last + 1) // BS, BN):
-        m, acc = lse_step(qt, kbar_bh, j0, m, acc, n_complete, NB, scale_log2, D, DP, BN, PRECISION, True)
+    for masked in tl.static_range(2):
+        lo = unmasked_end if masked else 0
+        hi = (last + 1) // BS if masked else unmasked_end
+        for j0 in range(lo, hi, BN):
+            m, acc = lse_step(
+                qt, kbar_bh, j0, m, acc, n_complete, NB, scale_log2, D, DP, BN, PRECISION, masked
+            )
     # -inf for rows without a complete block (they have no past block either); +inf for padding rows: p = 0
     lse = tl.where(row_ok, m * scale_log2 + tl.log2(acc), float("inf"))
 
@@ -194,56 +199,14 @@ def block_scores_kernel(
     tok_t = t0 + tl.arange(0, BT)  # [BT]
     row = ((b * t_count + tok_t - t_start) * HKV + h).to(tl.int64)  # [BT]
     unmasked_end = tl.where(whole_tile, (q_start + t0) // BS // BN * BN, 0)  # past for every row
-    for j0 in range(0, unmasked_end, BN):
-        score_step(
-            qt,
-            kbar_bh,
-            j0,
-            lse,
-            n_past,
-            tok_t,
-            row,
-            t_end,
-            q_start,
-            scores,
-            segment_max,
-            NB,
-            NSEG,
-            scale_log2,
-            D,
-            DP,
-            BS,
-            BT,
-            GP,
-            BN,
-            PRECISION,
-            False,
-        )
-    for j0 in range(unmasked_end, last // BS, BN):
-        score_step(
-            qt,
-            kbar_bh,
-            j0,
-            lse,
-            n_past,
-            tok_t,
-            row,
-            t_end,
-            q_start,
-            scores,
-            segment_max,
-            NB,
-            NSEG,
-            scale_log2,
-            D,
-            DP,
-            BS,
-            BT,
-            GP,
-            BN,
-            PRECISION,
-            True,
-        )
+    for masked in tl.static_range(2):
+        lo = unmasked_end if masked else 0
+        hi = last // BS if masked else unmasked_end
+        for j0 in range(lo, hi, BN):
+            score_step(
+                qt, kbar_bh, j0, lse, n_past, tok_t, row, t_end, q_start, scores, segment_max, NB, NSEG,
+                scale_log2, D, DP, BS, BT, GP, BN, PRECISION, masked,
+            )  # fmt: skip
 
 
 @triton.jit

@@ -63,7 +63,9 @@ def test_plain_prefill_with_kernels_equals_own_code(exported) -> None:
     ("dtype", "tolerance"), [(torch.float32, 1e-3), (torch.bfloat16, 0.1)], ids=["fp32", "bf16"]
 )
 @pytest.mark.parametrize("mode", ["full", "sparse"])
-def test_plain_prefill_on_cuda_uses_kernels(mode: str, dtype: torch.dtype, tolerance: float) -> None:
+def test_plain_prefill_on_cuda_uses_kernels(
+    monkeypatch: pytest.MonkeyPatch, mode: str, dtype: torch.dtype, tolerance: float
+) -> None:
     """On a GPU the export's plain prefill runs the fused ops; its logits are those of the export's own code
     (fp32 math) within the dtype's tolerance, at a length off the block and tile grids.
 
@@ -83,18 +85,15 @@ def test_plain_prefill_on_cuda_uses_kernels(mode: str, dtype: torch.dtype, toler
     tokens = torch.randint(0, config.vocab_size, (2, 333), device="cuda")
     kernels, calls = modeling_ssa.ssa_kernels, []
     assert kernels is not None, "ssa_kernels is importable here"
-    spy = type("Spy", (), {})()
     for name in ("full_attention", "select_blocks", "sparse_attention"):
         op = getattr(kernels, name)
-        setattr(spy, name, lambda *a, op=op, name=name, **kw: calls.append(name) or op(*a, **kw))
-    try:
-        with torch.no_grad():
-            modeling_ssa.ssa_kernels = spy
-            fused = model(tokens, use_cache=False).logits.float()
-            modeling_ssa.ssa_kernels = None
-            own = model(tokens, use_cache=False).logits.float()
-    finally:
-        modeling_ssa.ssa_kernels = kernels
+        monkeypatch.setattr(
+            kernels, name, lambda *a, op=op, name=name, **kw: calls.append(name) or op(*a, **kw)
+        )
+    with torch.no_grad():
+        fused = model(tokens, use_cache=False).logits.float()
+        monkeypatch.setattr(modeling_ssa, "ssa_kernels", None)  # the export's own code
+        own = model(tokens, use_cache=False).logits.float()
     expected_calls = {"full_attention"} if mode == "full" else {"select_blocks", "sparse_attention"}
     assert set(calls) == expected_calls
     if mode == "full":
