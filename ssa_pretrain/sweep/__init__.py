@@ -2,6 +2,7 @@
 
     ssa sweep plan configs/sweeps/ssa-ablation.yaml --out sweeps/ablation   # one line per planned run
     slurm/sweep.sh configs/sweeps/ssa-ablation.yaml sweeps/ablation --max-parallel 4   # plan + job array
+    ssa sweep run sweeps/ablation --max-parallel 3       # or: on this machine, no Slurm (sweep/local.py)
     ssa sweep status sweeps/ablation
     ssa sweep report sweeps/ablation        # report.md, report.csv, plots/*.png
 

@@ -1,6 +1,7 @@
 """`ssa sweep plan | status | report`: ablation sweeps (see `ssa_pretrain/sweep/__init__.py`).
 
     ssa sweep plan configs/sweeps/ssa-ablation.yaml --out sweeps/ablation [key=value ...]
+    ssa sweep run sweeps/ablation --max-parallel 3      # on this machine, without Slurm
     ssa sweep status sweeps/ablation
     ssa sweep report sweeps/ablation
 
@@ -62,6 +63,18 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    from ssa_pretrain.sweep.local import exit_code, run_local
+
+    devices = args.devices.split(",") if args.devices else None
+    results = run_local(args.dir, args.max_parallel, devices, args.only)
+    failed = [r.run.name for r in results if r.returncode not in (None, 0)]
+    if failed:
+        print(f"not completed: {', '.join(failed)} (see their train.log; run again to resume them)",
+              file=sys.stderr)  # fmt: skip
+    return exit_code(results)
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     result = report(args.dir, use_slurm=not args.no_slurm)
     print(Path(result["files"]["markdown"]).read_text())
@@ -96,6 +109,16 @@ def add_sweep_commands(subparsers: argparse._SubParsersAction) -> argparse.Argum
     )
     p.add_argument("--out", required=True, help="sweep directory (plan.json, runs/<name>/)")
     p.set_defaults(func=exits_on_user_error(_cmd_plan))
+    p = sub.add_parser("run", help="train the planned runs on this machine, a few at a time (no Slurm)",
+                       description="Train each planned run as a local process (python -m "
+                       "ssa_pretrain.train), at most --max-parallel at once; completed runs are skipped, "
+                       "the others resume.")  # fmt: skip
+    p.add_argument("dir", help="sweep directory written by `ssa sweep plan`")
+    p.add_argument("--max-parallel", type=int, default=1, help="runs at once (default: %(default)s)")
+    p.add_argument("--devices", help="comma-separated CUDA device ids, one per concurrent run (default: all "
+                   "runs see every device)")  # fmt: skip
+    p.add_argument("--only", nargs="+", metavar="NAME", help="run only these planned runs")
+    p.set_defaults(func=exits_on_user_error(_cmd_run))
     for name, func, text in (
         ("status", _cmd_status, "state of every run (status.json + Slurm)"),
         ("report", _cmd_report, "write report.md, report.csv and plots/*.png"),
