@@ -102,6 +102,7 @@ def main_table(runs: dict[str, dict]) -> str:
 
 
 def budget_table(runs: dict[str, dict]) -> str:
+    runs = {name: run for name, run in runs.items() if "ppl" in run["eval"]}
     counts = sorted({r["block_count"] for run in runs.values() for r in run["eval"]["ppl"]["results"]
                      if r["mode"] == "sparse"})  # fmt: skip
     lines = [
@@ -184,7 +185,7 @@ def orderings(runs: dict[str, dict]) -> str:
             + " (ppl 8K / 2K; ssa and sparse in sparse mode)",
         )
     )
-    abl = [n for n in ("ssa_align-no-fs", "ssa_align-no-sf") if n in runs]
+    abl = [n for n in ("ssa_align-no-fs", "ssa_align-no-sf") if "ppl" in runs.get(n, {}).get("eval", {})]
     if abl:
         worse = {n: (gap(n), p(n, 2048, "full")) for n in abl}
         holds = all(abs(g) > abs(gaps["ssa"]) or f > p("ssa", 2048, "full") for g, f in worse.values())
