@@ -16,4 +16,5 @@ def test_reference_switch_names_ops(monkeypatch):
     monkeypatch.setenv("SSA_KERNELS_REFERENCE", "select_blocks")
     assert backends.use_triton("sparse_attention", x)
     monkeypatch.setenv("SSA_KERNELS_REFERENCE", "all")
-    assert not backends.use_triton("full_attention", x)
+    with pytest.warns(UserWarning, match="SSA_KERNELS_REFERENCE"):
+        assert not backends.use_triton("full_attention", x)
