@@ -4,8 +4,7 @@ API (forward with lse, backward from o and lse) against autograd of the referenc
 import pytest
 import torch
 import torch.nn.functional as F
-from ssa_kernels import full_attention
-from ssa_kernels import merge
+from ssa_kernels import full_attention, merge
 from ssa_kernels.full_attention import full_attention_backward, full_attention_forward
 
 from tests.kernels.helpers import assert_close
