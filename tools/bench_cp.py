@@ -306,23 +306,20 @@ def exposed_seconds(log: list[list], link_bytes_per_s: float) -> float:
 
 
 def simulated_rank(
-    host: Sequence[torch.Tensor],
+    whole: Sequence[torch.Tensor],
     rank: int,
     size: int,
     op: str,
     comm: str,
-    args,
-    device,
-    dtype,
-    timed_log=False,
+    args: argparse.Namespace,
+    timed_log: bool = False,
 ) -> tuple[Callable[[], None], Callable[[], SimulatedComm]]:
     """Rank `rank`'s forward + backward of `op` (`"ssa"`: selection + both branches; `"full"`) over a
-    `SimulatedComm` that hands out the real peers' shares, and a getter of the last call's comm."""
+    `SimulatedComm` that hands out the real peers' shares (from `whole`: q, k, v of the sequence, on the
+    device), and a getter of the last call's comm."""
     bs, kk = args.block_size, args.block_count
-    shares = [
-        [split_sequence(t, p, size, dim=1, block_size=bs).to(device, dtype) for t in host]
-        for p in range(size)
-    ]
+    device = whole[0].device
+    shares = [[split_sequence(t, p, size, dim=1, block_size=bs) for t in whole] for p in range(size)]
     kv = [torch.stack([k, v]) for _, k, v in shares]  # what rank p sends: its key/value share
     means = [block_means(k.float(), bs) for _, k, _ in shares]  # what rank p all-gathers for selection
 
@@ -353,11 +350,13 @@ def simulate(args, device: torch.device) -> list[dict[str, Any]]:
         gen = torch.Generator(device="cpu").manual_seed(seq_len)
         host = [torch.randn(1, seq_len, h, args.head_dim, generator=gen) for h in
                 (args.heads, args.kv_heads, args.kv_heads)]  # fmt: skip
+        whole = [t.to(device, dtype, copy=True) for t in host]
+        del host
         one = {}
         for op, attention in (("full", ssa_kernels.full_attention), ("ssa", one_gpu_ssa(bs, kk))):
-            whole = [t.to(device, dtype, copy=True).requires_grad_() for t in host]
-            one[op] = timed(fwd_bwd(attention, *whole), args.repeats, device, collective=False)
-            del whole
+            leaves = [t.clone().requires_grad_() for t in whole]
+            one[op] = timed(fwd_bwd(attention, *leaves), args.repeats, device, collective=False)
+            del leaves
         for size in args.simulate:
             for comm in args.cp_comm:
                 row: dict[str, Any] = {
@@ -370,13 +369,11 @@ def simulate(args, device: torch.device) -> list[dict[str, Any]]:
                 for op in ("ssa", "full"):
                     times = []
                     for rank in range(size):
-                        run, _ = simulated_rank(host, rank, size, op, comm, args, device, dtype)
+                        run, _ = simulated_rank(whole, rank, size, op, comm, args)
                         times.append(timed(run, args.repeats, device, collective=False))
                         del run
                     busiest = max(range(size), key=times.__getitem__)
-                    run, last = simulated_rank(
-                        host, busiest, size, op, comm, args, device, dtype, timed_log=True
-                    )
+                    run, last = simulated_rank(whole, busiest, size, op, comm, args, timed_log=True)
                     run()
                     log = last().log
                     exposed_ms = exposed_seconds(log, args.link_gbps * 1e9) * 1e3
