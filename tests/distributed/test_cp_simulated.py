@@ -12,7 +12,12 @@ import ssa_kernels
 import torch
 from ssa_kernels.select_blocks.naive import block_means
 
-from ssa_pretrain.parallel import context_parallel_ssa_attention, split_sequence
+from ssa_pretrain.parallel import (
+    context_parallel_select_blocks,
+    context_parallel_ssa_attention,
+    split_sequence,
+    unsplit_sequence,
+)
 from ssa_pretrain.parallel.collectives import SimulatedComm
 from tests.kernels.helpers import assert_close
 
@@ -48,25 +53,31 @@ def _close(name: str, ref: torch.Tensor, out: torch.Tensor, tol: float) -> None:
 @pytest.mark.parametrize(("device", "dtype", "tol"), DEVICES)
 def test_every_simulated_rank_matches_one_process(device, dtype, tol, size, comm):
     big = device == "cuda"
-    seq_len, heads, kv_heads, dim, bs, kk = (2048, 32, 2, 64, 16, 16) if big else (64, 4, 2, 8, 4, 3)
+    seq_len, heads, kv_heads, dim, bs, kk = (1024, 32, 2, 64, 16, 16) if big else (64, 4, 2, 8, 4, 3)
     gen = torch.Generator().manual_seed(size)
     full = [
         torch.randn(1, seq_len, h, dim, generator=gen, dtype=torch.float64)
         for h in (heads, kv_heads, kv_heads)
     ]
-    work = [x.to(device, dtype).requires_grad_() for x in full]
-    indices = ssa_kernels.select_blocks(*work[:2], bs, kk)  # the selection the ranks must reproduce
-    ref64 = [x.detach().clone().requires_grad_() for x in full]
-    refs = (*ssa_kernels.full_attention(*ref64), *ssa_kernels.sparse_attention(*ref64, indices.cpu(), bs))
-    gen = torch.Generator().manual_seed(7)
-    weights = [torch.randn(r.shape, generator=gen, dtype=torch.float64) for r in refs[::2]]  # on o only
-    ref_grads = torch.autograd.grad(refs[::2], ref64, weights)
-    shares = [[split_sequence(x.detach(), p, size, dim=1, block_size=bs) for x in work] for p in range(size)]
+    work = [x.to(device, dtype) for x in full]
+    shares = [[split_sequence(x, p, size, dim=1, block_size=bs) for x in work] for p in range(size)]
     kv = [torch.stack([k, v]) for _, k, v in shares]
     means = [block_means(k.float() if k.dtype != torch.float64 else k, bs) for _, k, _ in shares]
 
     def peer(kind: str, p: int, x: torch.Tensor) -> torch.Tensor:
         return {"kv": kv[p], "means": means[p]}.get(kind, x)
+
+    # the reference attends with the blocks the ranks select (selection itself: tests/distributed/cp_cases.py)
+    picks = [
+        context_parallel_select_blocks(q, k, bs, kk, SimulatedComm(p, size, peer))
+        for p, (q, k, _) in enumerate(shares)
+    ]
+    indices = unsplit_sequence(picks, dim=1).cpu()
+    ref64 = [x.double().cpu().requires_grad_() for x in work]
+    refs = (*ssa_kernels.full_attention(*ref64), *ssa_kernels.sparse_attention(*ref64, indices, bs))
+    gen = torch.Generator().manual_seed(7)
+    weights = [torch.randn(r.shape, generator=gen, dtype=torch.float64) for r in refs[::2]]  # on o only
+    ref_grads = torch.autograd.grad(refs[::2], ref64, weights)
 
     sent = []
     for rank in range(size):
