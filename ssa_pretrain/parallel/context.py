@@ -231,17 +231,31 @@ def _row_grads(grads, saved, branches, acc) -> dict[str, tuple[torch.Tensor, tor
     return active
 
 
-def _results(outs: dict, lses: dict, branches: tuple[str, ...], dtype: torch.dtype) -> list[torch.Tensor]:
-    results = []
-    for branch in branches:
-        results += [outs[branch].to(dtype), lses[branch]]
-    return results
+class _Merged:
+    """One branch's merged `(o, lse)` of the local query rows, built piece by piece: the first piece of a
+    local chunk is stored as it is, later ones are merged by log-sum-exp (no merge with an empty start)."""
 
+    def __init__(self, q: torch.Tensor, acc: torch.dtype):
+        self.chunk = q.shape[1] // 2
+        self.o = torch.empty(q.shape, dtype=acc, device=q.device)  # [B, 2C, HQ, D]
+        self.lse = torch.empty(q.shape[:3], dtype=acc, device=q.device)  # [B, 2C, HQ]
+        self.seen = [False, False]  # per local chunk
 
-def _merge_into(outs: dict, lses: dict, branch: str, rows: slice, o_i, lse_i) -> None:
-    outs[branch][:, rows], lses[branch][:, rows] = ssa_kernels.merge(
-        outs[branch][:, rows], lses[branch][:, rows], o_i, lse_i
-    )
+    def add(self, rows: slice, o_i: torch.Tensor, lse_i: torch.Tensor) -> None:
+        halves = range(rows.start // self.chunk, rows.stop // self.chunk)
+        if not any(self.seen[h] for h in halves):
+            self.o[:, rows], self.lse[:, rows] = o_i, lse_i
+        else:
+            assert all(self.seen[h] for h in halves), "a piece spans a seen and an unseen local chunk"
+            self.o[:, rows], self.lse[:, rows] = ssa_kernels.merge(
+                self.o[:, rows], self.lse[:, rows], o_i, lse_i
+            )
+        for h in halves:
+            self.seen[h] = True
+
+    def result(self, dtype: torch.dtype) -> list[torch.Tensor]:
+        assert all(self.seen), "a local chunk got no piece"
+        return [self.o.to(dtype), self.lse]
 
 
 class _ContextParallelAttention(torch.autograd.Function):
@@ -264,8 +278,7 @@ class _ContextParallelAttention(torch.autograd.Function):
         """q `[B, 2C, HQ, D]`, k/v `[B, 2C, HKV, D]`, indices `[B, 2C, HKV, K]` global (sparse) ->
         per branch o `[B, 2C, HQ, D]` (q.dtype), lse `[B, 2C, HQ]` fp32 (fp64 for fp64 inputs)."""
         chunk, acc = q.shape[1] // 2, accumulation_dtype(q)
-        outs = {b: q.new_zeros(q.shape, dtype=acc) for b in branches}  # [B, 2C, HQ, D]
-        lses = {b: q.new_full(q.shape[:3], float("-inf"), dtype=acc) for b in branches}  # [B, 2C, HQ]
+        merged = {b: _Merged(q, acc) for b in branches}
         kv = torch.stack([k, v])  # [2, B, 2C, HKV, D]: one transfer
         if how == "allgather":
             kv = unsplit_sequence(comm.all_gather(kv, "kv").unbind(0), dim=2)  # [2, B, T, HKV, D]
@@ -273,7 +286,7 @@ class _ContextParallelAttention(torch.autograd.Function):
                 for piece in _gather_pieces(comm.rank, comm.size, chunk, branch, indices):
                     kr, vr = kv[0, :, piece.kv_rows], kv[1, :, piece.kv_rows]
                     o_i, lse_i = _forward(branch, piece, q[:, piece.q_rows], kr, vr, block_size, scale)
-                    _merge_into(outs, lses, branch, piece.q_rows, o_i, lse_i)
+                    merged[branch].add(piece.q_rows, o_i, lse_i)
             saved_kv = kv  # the gathered keys: the backward reuses them (small with GQA)
         else:
             for step in range(comm.size):
@@ -286,12 +299,12 @@ class _ContextParallelAttention(torch.autograd.Function):
                         continue
                     kr, vr = kv[0, :, piece.kv_rows], kv[1, :, piece.kv_rows]
                     o_i, lse_i = _forward(branch, piece, q[:, piece.q_rows], kr, vr, block_size, scale)
-                    _merge_into(outs, lses, branch, piece.q_rows, o_i, lse_i)
+                    merged[branch].add(piece.q_rows, o_i, lse_i)
                 if step + 1 < comm.size:
                     comm.wait(handle)
                     kv = next_kv
             saved_kv = torch.stack([k, v])
-        results = _results(outs, lses, branches, q.dtype)
+        results = [t for branch in branches for t in merged[branch].result(q.dtype)]
         ctx.branches, ctx.block_size, ctx.scale, ctx.comm, ctx.how = branches, block_size, scale, comm, how
         ctx.has_indices = indices is not None
         ctx.save_for_backward(q, saved_kv, *([indices] if indices is not None else []), *results)
