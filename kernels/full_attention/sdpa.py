@@ -21,6 +21,9 @@ from ..backends import warn_once
 Backend = Literal["cudnn", "flash", "efficient"]
 
 
+_LSE_NDIM: dict[str, int] = {}  # the lse rank each backend's forward returned (its backward wants the same)
+
+
 def _sdpa(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float, backend: Backend
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -47,6 +50,7 @@ def _sdpa(
         o, lse = ops._scaled_dot_product_efficient_attention(q, k, v, None, True, 0.0, causal, scale=scale)[
             :2
         ]
+    _LSE_NDIM[backend] = lse.ndim  # what its backward is handed back (cuDNN: [B, H, T, 1] where known)
     lse = lse.reshape(lse.shape[0], lse.shape[1], -1)[:, :, : q.shape[2]]  # [B, HQ, TQ]: efficient pads TQ
     return o.transpose(1, 2), lse.transpose(1, 2).float().contiguous()
 
@@ -82,8 +86,9 @@ def _sdpa_backward(
     rng = torch.zeros((), dtype=torch.int64, device=q.device)  # philox seed / offset: unused without dropout
     ops = torch.ops.aten
     if backend == "cudnn":
+        stats = lse[..., None] if _LSE_NDIM.get(backend, 4) == 4 else lse  # the shape its forward returns
         dq, dk, dv = ops._scaled_dot_product_cudnn_attention_backward(
-            do, q, k, v, o, lse[..., None], rng, rng, None, None, None, num_q, num_k, 0.0, causal, scale=scale
+            do, q, k, v, o, stats, rng, rng, None, None, None, num_q, num_k, 0.0, causal, scale=scale
         )
     elif backend == "flash":
         dq, dk, dv = ops._scaled_dot_product_flash_attention_backward(
