@@ -219,7 +219,7 @@ def _gather_pieces(rank: int, size: int, chunk: int, branch: str, indices) -> li
 # ------------------------------------------------------------------------------------------- autograd
 
 
-def _row_grads(grads, saved, branches, acc) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
+def _row_grads(grads, saved, branches) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
     """Per branch that gets a gradient: dO `[B, 2C, HQ, D]` (zeros when only lse has one) and dlse or None."""
     active = {}
     for i, branch in enumerate(branches):
@@ -317,7 +317,7 @@ class _ContextParallelAttention(torch.autograd.Function):
         q, kv, *rest = ctx.saved_tensors
         indices = rest.pop(0) if ctx.has_indices else None
         comm, chunk, acc = ctx.comm, q.shape[1] // 2, accumulation_dtype(q)
-        active = _row_grads(grads, rest, ctx.branches, acc)
+        active = _row_grads(grads, rest, ctx.branches)
         nothing = (None,) * 9
         if not active:
             return nothing
