@@ -27,13 +27,32 @@ no compute overlaps), `compute_share` of that iteration's wall time, means over 
 part of the communication time that compute hides (1 - exposed / comm). Each length's JSON line is printed
 (and appended to `--out`) as soon as it is measured; the tables come at the end.
 
+`--cp-comm ring|allgather` picks how our CP ops reach the other ranks' keys (`parallel.cp_comm`).
+
     torchrun --nproc-per-node 2 tools/bench_cp.py --seqlens 65536 131072 --out docs/perf/bench_cp.jsonl
     torchrun --nproc-per-node 2 tools/bench_cp.py --device cpu --seqlens 1024 --heads 4 --kv-heads 2  # smoke
+
+**One-GPU rank simulation** (`--simulate P [P ...]`, one process, no process group): for each `P` and each
+`--cp-comm` value, the process plays every rank `r` of a `P`-rank group in turn and runs exactly rank `r`'s
+work of one SSA layer (selection, both branches, forward and backward; and of full attention alone): its
+chunks, every ring step or the gather path, with every transfer replaced by a local copy of the same bytes
+(`ssa_pretrain.parallel.collectives.SimulatedComm`, which hands out the real peers' data, so the sparse
+branch skips the same ring steps as on `P` GPUs). Reported per line: each simulated rank's compute time and
+the busiest one's (`*_rank_ms`), the bytes each transfer would move (`bytes`: per kind, per transfer; and
+the total per rank), `*_speedup` = t(1 GPU, whole sequence) / t(busiest rank) — an upper bound, reached
+once the transfers hide behind compute — and, from one more run of the busiest rank with a timestamp at
+every transfer and wait, the time the transfers would leave exposed on a link of `--link-gbps` GB/s per
+direction (default 300: an H200's NVLink 4 has 450 GB/s per direction nominal; NCCL's point-to-point
+reaches about two thirds of it) and `*_speedup_exposed` = t(1 GPU) / (t(rank) + exposed).
+
+    python tools/bench_cp.py --simulate 2 4 8 --seqlens 65536 131072 --out OUT/bench_cp_sim.jsonl
+    python tools/bench_cp.py --simulate 2 --device cpu --seqlens 256 --heads 4 --kv-heads 2 --block-count 4
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import functools
 import json
@@ -49,14 +68,17 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from bench_info import git_commit
 from bench_scaling import communication_shares
+from ssa_kernels.select_blocks.naive import block_means
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.profiler import ProfilerActivity, profile
 
 from ssa_pretrain.parallel import (
+    CP_COMM,
     context_parallel_full_attention,
     context_parallel_ssa_attention,
     split_sequence,
 )
+from ssa_pretrain.parallel.collectives import SimulatedComm
 
 Attention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], Sequence[torch.Tensor]]
 
@@ -227,6 +249,175 @@ def native_baseline(
     return result
 
 
+# --------------------------------------------------------------------------------- one-GPU rank simulation
+
+
+@dataclasses.dataclass
+class TimedComm(SimulatedComm):
+    """`SimulatedComm` that also logs `[kind, bytes, issued, waited]` (seconds; device synchronised) for every
+    transfer: a shift is waited at its `wait`, a gather or reduce-scatter at once (the caller needs it)."""
+
+    device: torch.device | None = None
+    log: list[list] = dataclasses.field(default_factory=list)
+
+    def _now(self) -> float:
+        if self.device is not None:
+            _sync(self.device)
+        return time.perf_counter()
+
+    def _record(self, issued: float, waited: float | None) -> list[int]:
+        kind, nbytes = self.moved[-1]
+        self.log.append([kind, nbytes, issued, waited])
+        return [len(self.log) - 1]
+
+    def shift(self, send, kind, step):
+        issued = self._now()
+        recv, _ = super().shift(send, kind, step)
+        return recv, self._record(issued, None)
+
+    def wait(self, handle):
+        for i in handle:
+            self.log[i][3] = self._now()
+
+    def all_gather(self, x, kind):
+        issued = self._now()
+        out = super().all_gather(x, kind)
+        self._record(issued, issued)
+        return out
+
+    def reduce_scatter(self, x):
+        issued = self._now()
+        out = super().reduce_scatter(x)
+        self._record(issued, issued)
+        return out
+
+
+def exposed_seconds(log: list[list], link_bytes_per_s: float) -> float:
+    """The time the logged transfers would stall the rank: each runs on one link (one direction, transfers
+    one after the other) from its issue; a wait before it is done stalls the rank (and everything after) by
+    the difference. Compute between the timestamps is what the transfers hide behind."""
+    stall, link_free = 0.0, 0.0
+    for _, nbytes, issued, waited in sorted(log, key=lambda e: e[2]):
+        start = max(issued + stall, link_free)
+        link_free = start + nbytes / link_bytes_per_s
+        waited = issued if waited is None else waited
+        stall += max(0.0, link_free - (waited + stall))
+    return stall
+
+
+def simulated_rank(
+    whole: Sequence[torch.Tensor],
+    rank: int,
+    size: int,
+    op: str,
+    comm: str,
+    args: argparse.Namespace,
+    timed_log: bool = False,
+) -> tuple[Callable[[], None], Callable[[], SimulatedComm]]:
+    """Rank `rank`'s forward + backward of `op` (`"ssa"`: selection + both branches; `"full"`) over a
+    `SimulatedComm` that hands out the real peers' shares (from `whole`: q, k, v of the sequence, on the
+    device), and a getter of the last call's comm."""
+    bs, kk = args.block_size, args.block_count
+    device = whole[0].device
+    shares = [[split_sequence(t, p, size, dim=1, block_size=bs) for t in whole] for p in range(size)]
+    kv = [torch.stack([k, v]) for _, k, v in shares]  # what rank p sends: its key/value share
+    means = [block_means(k.float(), bs) for _, k, _ in shares]  # what rank p all-gathers for selection
+
+    def peer(kind: str, p: int, x: torch.Tensor) -> torch.Tensor:
+        return {"kv": kv[p], "means": means[p]}.get(kind, x)  # dkv: only its bytes matter
+
+    made: list[SimulatedComm] = []
+
+    def attention(q, k, v):
+        channel = TimedComm(rank, size, peer, device=device) if timed_log else SimulatedComm(rank, size, peer)
+        made.append(channel)
+        if op == "full":
+            return context_parallel_full_attention(q, k, v, channel, comm=comm)
+        return [o for o, _ in context_parallel_ssa_attention(q, k, v, bs, kk, channel, comm=comm)]
+
+    local = [t.clone().requires_grad_() for t in shares[rank]]
+    return fwd_bwd(attention, *local), lambda: made[-1]
+
+
+def simulate(args, device: torch.device) -> list[dict[str, Any]]:
+    """`--simulate`: per length, the single-GPU times, then per P and comm every rank's time, the busiest
+    rank's exposed transfers and the speed-ups (module docstring); one JSON line each."""
+    cuda = device.type == "cuda"
+    dtype = torch.bfloat16 if cuda else torch.float32
+    bs, kk = args.block_size, args.block_count
+    rows = []
+    for seq_len in args.seqlens:
+        gen = torch.Generator(device="cpu").manual_seed(seq_len)
+        host = [torch.randn(1, seq_len, h, args.head_dim, generator=gen) for h in
+                (args.heads, args.kv_heads, args.kv_heads)]  # fmt: skip
+        whole = [t.to(device, dtype, copy=True) for t in host]
+        del host
+        one = {}
+        for op, attention in (("full", ssa_kernels.full_attention), ("ssa", one_gpu_ssa(bs, kk))):
+            leaves = [t.clone().requires_grad_() for t in whole]
+            one[op] = timed(fwd_bwd(attention, *leaves), args.repeats, device, collective=False)
+            del leaves
+        for size in args.simulate:
+            for comm in args.cp_comm:
+                row: dict[str, Any] = {
+                    "mode": "simulate", "device": torch.cuda.get_device_name() if cuda else "cpu",
+                    "date": datetime.date.today().isoformat(), "git": git_commit(),
+                    "torch": torch.__version__, "seqlen": seq_len, "cp": size, "cp_comm": comm,
+                    "heads": args.heads, "kv_heads": args.kv_heads, "head_dim": args.head_dim,
+                    "block_size": bs, "block_count": kk, "link_gbps": args.link_gbps,
+                }  # fmt: skip
+                for op in ("ssa", "full"):
+                    times = []
+                    for rank in range(size):
+                        run, _ = simulated_rank(whole, rank, size, op, comm, args)
+                        times.append(timed(run, args.repeats, device, collective=False))
+                        del run
+                    busiest = max(range(size), key=times.__getitem__)
+                    run, last = simulated_rank(whole, busiest, size, op, comm, args, timed_log=True)
+                    run()
+                    log = last().log
+                    exposed_ms = exposed_seconds(log, args.link_gbps * 1e9) * 1e3
+                    per_kind: dict[str, list[int]] = {}
+                    for kind, nbytes, *_ in log:
+                        per_kind.setdefault(kind, []).append(nbytes)
+                    row.update({
+                        f"{op}_1gpu_ms": one[op], f"{op}_rank_ms": times, f"{op}_busiest_rank": busiest,
+                        f"{op}_speedup": one[op] / times[busiest],
+                        f"{op}_exposed_ms": exposed_ms,
+                        f"{op}_speedup_exposed": one[op] / (times[busiest] + exposed_ms),
+                        f"{op}_bytes": {k: {"transfers": len(v), "bytes_each": max(v), "total": sum(v)}
+                                        for k, v in per_kind.items()},
+                        f"{op}_bytes_total": sum(nbytes for _, nbytes, *_ in log),
+                    })  # fmt: skip
+                    del run
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+                if args.out:
+                    with args.out.open("a") as f:
+                        f.write(json.dumps(row) + "\n")
+                if cuda:
+                    torch.cuda.empty_cache()
+    print(f"{'seqlen':>8} {'P':>2} {'comm':>9} " + " ".join(
+        f"{op + ' 1':>9} {op + ' rank':>9} {'x':>6} {'x exp.':>6}" for op in ("ssa", "full")
+    ) + f"   (ms fwd+bwd; link {args.link_gbps} GB/s per direction)")  # fmt: skip
+    for r in rows:
+        print(f"{r['seqlen']:8d} {r['cp']:2d} {r['cp_comm']:>9} " + " ".join(
+            f"{r[op + '_1gpu_ms']:9.1f} {max(r[op + '_rank_ms']):9.1f} {r[op + '_speedup']:6.2f} "
+            f"{r[op + '_speedup_exposed']:6.2f}" for op in ("ssa", "full")
+        ))  # fmt: skip
+    return rows
+
+
+def one_gpu_ssa(bs: int, kk: int) -> Attention:
+    """One SSA layer on one GPU: selection, then both branches."""
+
+    def both(a, b, c):
+        idx = ssa_kernels.select_blocks(a, b, bs, kk)
+        return ssa_kernels.full_attention(a, b, c)[0], ssa_kernels.sparse_attention(a, b, c, idx, bs)[0]
+
+    return both
+
+
 # ------------------------------------------------------------------------------------------------ main
 
 
@@ -278,8 +469,26 @@ def main() -> None:
         help="SDPA backends for PyTorch's ring, tried in order until one runs",
     )  # fmt: skip
     parser.add_argument("--native-rotate", choices=["allgather", "alltoall"], default="allgather")
+    parser.add_argument(
+        "--cp-comm", nargs="+", choices=CP_COMM, default=["ring"],
+        help="our CP ops' communication (simulation: each in turn; a real run: the first)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--simulate", type=int, nargs="+", metavar="P",
+        help="one process plays each rank of a P-rank group in turn (no process group)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--link-gbps", type=float, default=300.0,
+        help="simulation: link bandwidth per direction (GB/s) for the exposed-transfer estimate",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, help="append the JSON lines here (rank 0)")
     args = parser.parse_args()
+    if args.simulate:
+        device = torch.device(args.device)
+        if device.type == "cuda":
+            torch.cuda.set_device(0)
+        simulate(args, device)
+        return
 
     cuda = args.device == "cuda"
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
@@ -300,14 +509,10 @@ def main() -> None:
                 (args.heads, args.kv_heads, args.kv_heads)]  # fmt: skip
         one: dict[str, Any] = {}
         if rank == 0:  # single-GPU times on rank 0 while the others wait at the barrier of the next timing
-
-            def both(a, b, c):
-                idx = ssa_kernels.select_blocks(a, b, bs, kk)
-                return ssa_kernels.full_attention(a, b, c)[0], ssa_kernels.sparse_attention(a, b, c, idx, bs)[
-                    0
-                ]
-
-            for name, attention in (("full_1gpu", ssa_kernels.full_attention), ("ssa_1gpu", both)):
+            for name, attention in (
+                ("full_1gpu", ssa_kernels.full_attention),
+                ("ssa_1gpu", one_gpu_ssa(bs, kk)),
+            ):
                 whole = [t.to(device, dtype, copy=True).requires_grad_() for t in host]
                 one[f"{name}_ms"], one[f"{name}_peak_gib"] = measure(
                     fwd_bwd(attention, *whole), args.repeats, device, collective=False
@@ -319,10 +524,12 @@ def main() -> None:
         ]
 
         def cp_both(a, b, c):
-            return [o for o, _ in context_parallel_ssa_attention(a, b, c, bs, kk, group)]
+            return [
+                o for o, _ in context_parallel_ssa_attention(a, b, c, bs, kk, group, comm=args.cp_comm[0])
+            ]
 
         def cp_full(a, b, c):
-            return context_parallel_full_attention(a, b, c, group)
+            return context_parallel_full_attention(a, b, c, group, comm=args.cp_comm[0])
 
         cp: dict[str, Any] = {}
         for name, attention in (("full_cp", cp_full), ("ssa_cp", cp_both)):
@@ -336,7 +543,8 @@ def main() -> None:
             rows.append({
                 "device": torch.cuda.get_device_name() if cuda else "cpu", "gpus": world,
                 "date": datetime.date.today().isoformat(), "git": git_commit(),
-                "torch": torch.__version__, "seqlen": seq_len, "heads": args.heads, "kv_heads": args.kv_heads,
+                "torch": torch.__version__, "seqlen": seq_len, "cp_comm": args.cp_comm[0],
+                "heads": args.heads, "kv_heads": args.kv_heads,
                 "block_size": bs, "block_count": kk, **one, **cp,
                 "ssa_speedup": one["ssa_1gpu_ms"] / cp["ssa_cp_ms"],
                 "full_speedup": one["full_1gpu_ms"] / cp["full_cp_ms"], **native,

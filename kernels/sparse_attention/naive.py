@@ -32,11 +32,12 @@ def _sparse_chunk(
     v: torch.Tensor,
     block_size: int,
     scale: float,
+    q_start: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """q `[B, C, HQ, D]`, indices `[B, C, HKV, K]`, k, v `[B, T, HKV, D]` ->
+    """q `[B, C, HQ, D]`, indices `[B, C, HKV, K]`, k, v `[B, TK, HKV, D]` ->
     o `[B, C, HQ, D]`, lse `[B, C, HQ]`;
-    (the queries at `start … start + C - 1`)."""
-    return attend(q, k, v, selected_keys(indices, start, block_size, k.shape[1]), scale)
+    (the query rows `start … start + C - 1`, at positions `q_start + start …`)."""
+    return attend(q, k, v, selected_keys(indices, q_start + start, block_size, k.shape[1]), scale)
 
 
 def naive_sparse_attention(
@@ -46,6 +47,7 @@ def naive_sparse_attention(
     indices: torch.Tensor,
     block_size: int,
     scale: float | None = None,
+    q_start: int = 0,
     *,
     chunk_size: int = QUERY_CHUNK_SIZE,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,8 +58,9 @@ def naive_sparse_attention(
 
     Args:
         q: `[B, T, HQ, D]`.
-        k, v: `[B, T, HKV, D]`.
+        k, v: `[B, TK, HKV, D]`.
         indices: `[B, T, HKV, K]` int32/int64 block indices, `-1` = unused.
+        q_start: the position of query row 0 among the keys.
         chunk_size: query positions attended at once; each chunk scores `[B, chunk, HQ, T]` and, when there
             are several chunks, is recomputed in the backward.
 
@@ -67,4 +70,4 @@ def naive_sparse_attention(
     """
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     k, v = k.to(accumulation_dtype(q)), v.to(accumulation_dtype(q))
-    return map_query_chunks(_sparse_chunk, chunk_size, (q, indices), k, v, block_size, scale)
+    return map_query_chunks(_sparse_chunk, chunk_size, (q, indices), k, v, block_size, scale, q_start)

@@ -23,6 +23,8 @@ def selected_keys(
     t,
     h,
     T,
+    TK,
+    Q0,
     HKV: tl.constexpr,
     D: tl.constexpr,
     DP: tl.constexpr,
@@ -30,14 +32,14 @@ def selected_keys(
     NS: tl.constexpr,
     BKV: tl.constexpr,
 ):
-    """Keys and values `[BKV, DP]` at positions `n0 … n0 + BKV − 1` of token `t`'s selected blocks laid end
-    to end (kv head `h`, batch `b`), and which of them the token sees (`[BKV]`: a used slot, at or before
-    `t`)."""
+    """Keys and values `[BKV, DP]` at positions `n0 … n0 + BKV − 1` of query row `t`'s selected blocks laid
+    end to end (kv head `h`, batch `b`), and which of them the row sees (`[BKV]`: a used slot, at or before
+    its position `Q0 + t`; `T` query rows, `TK` keys)."""
     n = n0 + tl.arange(0, BKV)
     blk = tl.load(idx + ((b * T + t).to(tl.int64) * HKV + h) * NS + n // BS, mask=n < NS * BS, other=-1)
     pos = blk * BS + n % BS
-    ok = (blk >= 0) & (pos <= t)
-    kv_rows = ((b * T + pos).to(tl.int64) * HKV + h) * D
+    ok = (blk >= 0) & (pos <= Q0 + t) & (pos < TK)
+    kv_rows = ((b * TK + pos).to(tl.int64) * HKV + h) * D
     d = tl.arange(0, DP)
     mask = ok[:, None] & (d < D)[None, :]
     kt = tl.load(k + kv_rows[:, None] + d[None, :], mask=mask, other=0.0)
@@ -48,12 +50,14 @@ def selected_keys(
 @triton.jit
 def sparse_fwd_kernel(
     q,  # [B, T, HQ, D]
-    k,  # [B, T, HKV, D]
-    v,  # [B, T, HKV, D]
+    k,  # [B, TK, HKV, D]
+    v,  # [B, TK, HKV, D]
     idx,  # [B, T, HKV, NS] int32
     o,  # [B, T, HQ, D]
     lse,  # [B, T, HQ] fp32
     T,
+    TK,
+    Q0,
     scale_log2,
     HKV: tl.constexpr,
     G: tl.constexpr,
@@ -65,7 +69,8 @@ def sparse_fwd_kernel(
     BKV: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
-    """Grid `(T, B * HKV)`: token `t` attends to the visible keys of its `NS` selected blocks."""
+    """Grid `(T, B * HKV)`: query row `t` (position `Q0 + t` of the `TK` keys) attends to the visible keys of
+    its `NS` selected blocks."""
     t = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b, h = pid_bh // HKV, pid_bh % HKV
@@ -80,7 +85,9 @@ def sparse_fwd_kernel(
     acc_l = tl.zeros([GP], tl.float32)
     acc = tl.zeros([GP, DP], tl.float32)
     for n0 in range(0, NS * BS, BKV):
-        kt, vt, ok = selected_keys(k, v, idx, n0, b, t, h, T, HKV, D, DP, BS, NS, BKV)  # [BKV, DP] x2, [BKV]
+        kt, vt, ok = selected_keys(
+            k, v, idx, n0, b, t, h, T, TK, Q0, HKV, D, DP, BS, NS, BKV
+        )  # [BKV, DP] x2, [BKV]
         s = tl.dot(qt, tl.trans(kt), input_precision=PRECISION) * scale_log2  # [GP, BKV]
         s = tl.where(ok[None, :], s, float("-inf"))
         m_new = tl.maximum(m, tl.max(s, 1))
@@ -102,8 +109,8 @@ def sparse_fwd_kernel(
 @triton.jit
 def sparse_bwd_dq_kernel(
     q,  # [B, T, HQ, D]
-    k,  # [B, T, HKV, D]
-    v,  # [B, T, HKV, D]
+    k,  # [B, TK, HKV, D]
+    v,  # [B, TK, HKV, D]
     idx,  # [B, T, HKV, NS] int32
     o,  # [B, T, HQ, D]
     do,  # [B, T, HQ, D]
@@ -112,6 +119,8 @@ def sparse_bwd_dq_kernel(
     delta,  # [B, T, HQ] fp32 output for the dk/dv kernel: rowsum(do * o) - dlse
     dq,  # [B, T, HQ, D]
     T,
+    TK,
+    Q0,
     scale,
     HKV: tl.constexpr,
     G: tl.constexpr,
@@ -146,7 +155,9 @@ def sparse_bwd_dq_kernel(
     tl.store(delta + row_stats, dlt, mask=row_ok)
     acc = tl.zeros([GP, DP], tl.float32)
     for n0 in range(0, NS * BS, BKV):
-        kt, vt, ok = selected_keys(k, v, idx, n0, b, t, h, T, HKV, D, DP, BS, NS, BKV)  # [BKV, DP] x2, [BKV]
+        kt, vt, ok = selected_keys(
+            k, v, idx, n0, b, t, h, T, TK, Q0, HKV, D, DP, BS, NS, BKV
+        )  # [BKV, DP] x2, [BKV]
         s = tl.dot(qt, tl.trans(kt), input_precision=PRECISION) * (scale * 1.4426950408889634)
         p = tl.where(ok[None, :], tl.exp2(s - lse2[:, None]), 0.0)  # [GP, BKV]
         dp = tl.dot(dot, tl.trans(vt), input_precision=PRECISION)
@@ -158,16 +169,18 @@ def sparse_bwd_dq_kernel(
 @triton.jit
 def sparse_bwd_dkdv_kernel(
     q,  # [B, T, HQ, D]
-    k,  # [B, T, HKV, D]
-    v,  # [B, T, HKV, D]
+    k,  # [B, TK, HKV, D]
+    v,  # [B, TK, HKV, D]
     do,  # [B, T, HQ, D]
     lse,  # [B, T, HQ] fp32
     delta,  # [B, T, HQ] fp32
     rev_tokens,  # [E] int32: tokens that selected each (batch, kv head, block), grouped, ascending
     rev_offsets,  # [B * HKV * NBA + 1] int32: group boundaries in rev_tokens
-    dk,  # [B, T, HKV, D]
-    dv,  # [B, T, HKV, D]
+    dk,  # [B, TK, HKV, D]
+    dv,  # [B, TK, HKV, D]
     T,
+    TK,
+    Q0,
     NBA,
     scale,
     HKV: tl.constexpr,
@@ -187,8 +200,8 @@ def sparse_bwd_dkdv_kernel(
     d = tl.arange(0, DP)
     d_ok = d < D
     pos = j * BS + tl.arange(0, BSP)  # [BSP]
-    key_ok = (pos < T) & (tl.arange(0, BSP) < BS)
-    kv_rows = ((b * T + pos).to(tl.int64) * HKV + h) * D
+    key_ok = (pos < TK) & (tl.arange(0, BSP) < BS)
+    kv_rows = ((b * TK + pos).to(tl.int64) * HKV + h) * D
     kv_mask = key_ok[:, None] & d_ok[None, :]
     kb = tl.load(k + kv_rows[:, None] + d[None, :], mask=kv_mask, other=0.0)
     vb = tl.load(v + kv_rows[:, None] + d[None, :], mask=kv_mask, other=0.0)
@@ -209,7 +222,7 @@ def sparse_bwd_dkdv_kernel(
         lse2 = tl.load(lse + hq, mask=row_ok, other=0.0) * 1.4426950408889634
         dlt = tl.load(delta + hq, mask=row_ok, other=0.0)
         s = tl.dot(qt, tl.trans(kb), input_precision=PRECISION) * (scale * 1.4426950408889634)  # [R, BSP]
-        seen = row_ok[:, None] & key_ok[None, :] & (pos[None, :] <= tok[:, None])
+        seen = row_ok[:, None] & key_ok[None, :] & (pos[None, :] <= Q0 + tok[:, None])
         p = tl.where(seen, tl.exp2(s - lse2[:, None]), 0.0)
         dv_acc += tl.dot(tl.trans(p.to(dot.dtype)), dot, input_precision=PRECISION)
         dp = tl.dot(dot, tl.trans(vb), input_precision=PRECISION)
@@ -248,6 +261,7 @@ def sparse_attention_fwd(
     block_size: int,
     scale: float,
     *,
+    q_start: int = 0,
     keys: int = 32,
     warps: int = 1,
     stages: int = 3,
@@ -255,8 +269,9 @@ def sparse_attention_fwd(
     """Launch `sparse_fwd_kernel`.
 
     Args:
-        q: `[B, T, HQ, D]`, k/v: `[B, T, HKV, D]` contiguous, one dtype.
+        q: `[B, T, HQ, D]`, k/v: `[B, TK, HKV, D]` contiguous, one dtype.
         indices: `[B, T, HKV, NS]` int32 contiguous.
+        q_start: the position of query row 0 among the keys (0 with `T == TK`: one sequence).
         keys, warps, stages: keys per step, warps and pipeline stages (`tools/bench_attention.py --tune fwd`;
             one warp and 32 keys were 1.7x faster than 4 warps and 64 keys on an H100 at D = 64: with one
             warp the rows' max and sum never cross warps).
@@ -276,6 +291,8 @@ def sparse_attention_fwd(
         o=o,
         lse=lse,
         T=seq_len,
+        TK=k.shape[1],
+        Q0=q_start,
         scale_log2=scale * LOG2E,
         NS=slots,
         **gather_launch(slots, block_size, keys, warps, stages),
@@ -284,25 +301,29 @@ def sparse_attention_fwd(
     return o, lse
 
 
-def reverse_index(indices: torch.Tensor, block_size: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """For every (batch, kv head, key block): the tokens that selected it and can see part of it.
+def reverse_index(
+    indices: torch.Tensor, block_size: int, num_keys: int | None = None, q_start: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """For every (batch, kv head, key block): the query rows that selected it and can see part of it.
 
     No host synchronisation: one stable sort of int32 group ids and a `searchsorted` for the boundaries.
 
     Args:
         indices: `[B, T, HKV, NS]` block indices, `-1` = unused.
+        num_keys: `TK`, default `T`; q_start: the position of query row 0 among the keys.
 
     Returns:
-        tokens: `[B * T * HKV * NS]` int32, grouped by (batch, kv head, block), ascending token within a
+        tokens: `[B * T * HKV * NS]` int32 query rows, grouped by (batch, kv head, block), ascending within a
             group; entries past `offsets[-1]` belong to no group.
         offsets: `[B * HKV * NBA + 1]` int32; group `g` is `tokens[offsets[g]:offsets[g + 1]]`.
-        NBA: `ceil(T / block_size)`, the blocks that hold keys.
+        NBA: `ceil(TK / block_size)`, the blocks that hold keys.
     """
     batch, seq_len, num_kv_heads, slots = indices.shape
     device = indices.device
-    num_blocks = triton.cdiv(seq_len, block_size)
-    t = torch.arange(seq_len, device=device, dtype=torch.int32)[None, :, None, None]
-    seen = (indices >= 0) & (indices * block_size <= t)  # a block starting after t adds nothing
+    num_blocks = triton.cdiv(seq_len if num_keys is None else num_keys, block_size)
+    t = torch.arange(q_start, q_start + seq_len, device=device, dtype=torch.int32)[None, :, None, None]
+    # a block starting after the row's position adds nothing; ids past the keys are none
+    seen = (indices >= 0) & (indices * block_size <= t) & (indices < num_blocks)
     b = torch.arange(batch, device=device, dtype=torch.int32)[:, None, None, None]
     h = torch.arange(num_kv_heads, device=device, dtype=torch.int32)[None, None, :, None]
     groups = batch * num_kv_heads * num_blocks
@@ -325,6 +346,7 @@ def sparse_attention_bwd(
     block_size: int,
     scale: float,
     *,
+    q_start: int = 0,
     dq_keys: int = 32,
     dq_warps: int = 1,
     dq_stages: int = 3,
@@ -335,8 +357,10 @@ def sparse_attention_bwd(
     """Launch the dq and dk/dv kernels.
 
     Args:
-        q, o, do: `[B, T, HQ, D]`; k, v: `[B, T, HKV, D]`; indices: `[B, T, HKV, NS]` int32.
-        lse: `[B, T, HQ]` fp32 from the forward; dlse: its gradient or None.
+        q, o, do: `[B, T, HQ, D]`; k, v: `[B, TK, HKV, D]`; indices: `[B, T, HKV, NS]` int32.
+        lse: `[B, T, HQ]` fp32 from the forward (or the merged one of a key superset); dlse: its gradient or
+            None.
+        q_start: the position of query row 0 among the keys (0 with `T == TK`: one sequence).
         dq_keys, dq_warps, dq_stages: keys per step, warps and pipeline stages of the dq kernel (as the
             forward's).
         dkdv_rows, dkdv_warps, dkdv_stages: (token, head) rows per dk/dv step (default 128 for head dims up
@@ -344,7 +368,7 @@ def sparse_attention_bwd(
             sweeps them: 128 rows are 9 % faster than 64 at D = 64 on H100).
 
     Returns:
-        dq `[B, T, HQ, D]`, dk and dv `[B, T, HKV, D]`, in the input dtype.
+        dq `[B, T, HQ, D]`, dk and dv `[B, TK, HKV, D]`, in the input dtype.
     """
     batch, seq_len = q.shape[:2]
     delta = torch.empty_like(lse)  # [B, T, HQ], written by the dq kernel
@@ -363,12 +387,14 @@ def sparse_attention_bwd(
         delta=delta,
         dq=dq,
         T=seq_len,
+        TK=k.shape[1],
+        Q0=q_start,
         scale=scale,
         NS=slots,
         **gather_launch(slots, block_size, dq_keys, dq_warps, dq_stages),
         **tiles,
     )
-    tokens, offsets, num_blocks = reverse_index(indices, block_size)
+    tokens, offsets, num_blocks = reverse_index(indices, block_size, k.shape[1], q_start)
     dk, dv = torch.empty_like(k), torch.empty_like(v)
     sparse_bwd_dkdv_kernel[(num_blocks, batch * k.shape[2])](
         q=q,
@@ -382,6 +408,8 @@ def sparse_attention_bwd(
         dk=dk,
         dv=dv,
         T=seq_len,
+        TK=k.shape[1],
+        Q0=q_start,
         NBA=num_blocks,
         scale=scale,
         BSP=max(16, triton.next_power_of_2(block_size)),
@@ -397,13 +425,13 @@ class SparseAttentionFunction(torch.autograd.Function):
     """Autograd of the Triton sparse attention; gradients for `o` and `lse`, none for the indices."""
 
     @staticmethod
-    def forward(ctx, q, k, v, indices, block_size, scale):  # type: ignore[override]
-        """q `[B, T, HQ, D]`, k/v `[B, T, HKV, D]`, indices `[B, T, HKV, NS]` -> o, lse."""
+    def forward(ctx, q, k, v, indices, block_size, scale, q_start=0):  # type: ignore[override]
+        """q `[B, T, HQ, D]`, k/v `[B, TK, HKV, D]`, indices `[B, T, HKV, NS]` -> o, lse."""
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         indices = indices.to(torch.int32).contiguous()
-        o, lse = sparse_attention_fwd(q, k, v, indices, block_size, scale)
+        o, lse = sparse_attention_fwd(q, k, v, indices, block_size, scale, q_start=q_start)
         ctx.save_for_backward(q, k, v, indices, o, lse)
-        ctx.block_size, ctx.scale = block_size, scale
+        ctx.block_size, ctx.scale, ctx.q_start = block_size, scale, q_start
         ctx.set_materialize_grads(False)
         return o, lse
 
@@ -413,8 +441,10 @@ class SparseAttentionFunction(torch.autograd.Function):
         """do `[B, T, HQ, D]` (or None), dlse `[B, T, HQ]` (or None) -> dq, dk, dv."""
         q, k, v, indices, o, lse = ctx.saved_tensors
         do = torch.zeros_like(o) if do is None else do.contiguous()
-        dq, dk, dv = sparse_attention_bwd(q, k, v, indices, o, lse, do, dlse, ctx.block_size, ctx.scale)
-        return dq, dk, dv, None, None, None
+        dq, dk, dv = sparse_attention_bwd(
+            q, k, v, indices, o, lse, do, dlse, ctx.block_size, ctx.scale, q_start=ctx.q_start
+        )
+        return dq, dk, dv, None, None, None, None
 
 
 def parallel_sparse_attention(
@@ -424,15 +454,16 @@ def parallel_sparse_attention(
     indices: torch.Tensor,
     block_size: int,
     scale: float | None = None,
+    q_start: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Triton twin of `naive_sparse_attention` (same arguments and results; inputs checked by the caller).
 
     Args:
-        q: `[B, T, HQ, D]` fp16/bf16/fp32; k, v: `[B, T, HKV, D]`.
+        q: `[B, T, HQ, D]` fp16/bf16/fp32; k, v: `[B, TK, HKV, D]`.
         indices: `[B, T, HKV, NS]` int32/int64 block indices, `-1` = unused.
 
     Returns:
         o: `[B, T, HQ, D]` in `q.dtype`; lse: `[B, T, HQ]` fp32.
     """
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    return SparseAttentionFunction.apply(q, k, v, indices, block_size, scale)
+    return SparseAttentionFunction.apply(q, k, v, indices, block_size, scale, q_start)

@@ -32,6 +32,7 @@ from ssa_pretrain.parallel import (
     context_parallel_full_attention,
     context_parallel_sparse_attention,
     context_parallel_ssa_attention,
+    cp_comm_from_megatron,
 )
 
 
@@ -82,6 +83,7 @@ class SSACoreAttention(MegatronModule):
         self.cp_group = (
             pg_collection.cp if pg_collection is not None else parallel_state.get_context_parallel_group()
         )
+        self.cp_comm = cp_comm_from_megatron(cp_comm_type)  # parallel.cp_comm, through Megatron
         # Each TP rank holds 1/tp of the heads; the global alignment loss is the mean over ranks.
         self.aux_weight = self.ssa.alpha / (config.num_layers * tp)
         self.mode: Mode = self.ssa.inference_mode if self.ssa.variant == "ssa" else self.ssa.variant
@@ -95,11 +97,11 @@ class SSACoreAttention(MegatronModule):
     # `ssa_pretrain.parallel` see the whole sequence, and a CP group of one calls `ssa_kernels` directly.
 
     def _full(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        return context_parallel_full_attention(q, k, v, self.cp_group, scale=self.softmax_scale)[0]
+        return context_parallel_full_attention(q, k, v, self.cp_group, self.softmax_scale, self.cp_comm)[0]
 
     def _sparse(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         return context_parallel_sparse_attention(
-            q, k, v, self.block_size, self.block_count, self.cp_group, scale=self.softmax_scale
+            q, k, v, self.block_size, self.block_count, self.cp_group, self.softmax_scale, comm=self.cp_comm
         )[0]
 
     def _both(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -107,7 +109,7 @@ class SSACoreAttention(MegatronModule):
         if self.cp_group is None or self.cp_group.size() == 1:
             return self._full(q, k, v), self._sparse(q, k, v)
         (a_full, _), (a_sparse, _) = context_parallel_ssa_attention(
-            q, k, v, self.block_size, self.block_count, self.cp_group, scale=self.softmax_scale
+            q, k, v, self.block_size, self.block_count, self.cp_group, self.softmax_scale, comm=self.cp_comm
         )
         return a_full, a_sparse
 

@@ -18,6 +18,7 @@ from ssa_pretrain.config import Config, ModelConfig
 from ssa_pretrain.model.attention import SSACoreAttention, SSATransformerConfig
 from ssa_pretrain.model.modes import Mode
 from ssa_pretrain.model.spec import get_ssa_block_spec
+from ssa_pretrain.parallel import MEGATRON_CP_COMM
 
 _RECOMPUTE = {
     "none": {},
@@ -53,6 +54,7 @@ def transformer_config(cfg: Config, dtype: torch.dtype) -> SSATransformerConfig:
         init_method_std=m.init_std,
         tensor_model_parallel_size=cfg.parallel.tp,
         context_parallel_size=cfg.parallel.cp,
+        cp_comm_type=MEGATRON_CP_COMM[cfg.parallel.cp_comm],  # handed to SSACoreAttention by Megatron
         # A layout, not a model property: `ssa convert` rebuilds the model of a run at TP=1.
         sequence_parallel=cfg.parallel.sequence_parallel and cfg.parallel.tp > 1,
         use_cpu_initialization=True,  # identical weights for every TP size (the master weight is split)

@@ -9,9 +9,16 @@ buffers in both directions, and its gradient is tested (`tests/distributed/`).
 * `all_gather(x, dim, group)`: differentiable all-gather; backward is the adjoint (sum over ranks, own slice).
 * `Ring`: point-to-point shifts along the group (rank `r` sends to `r + 1`, receives from `r - 1`), used by
   the ring attention in `context.py`.
+* `GroupComm` / `SimulatedComm`: what `context.py` communicates through (shifts, all-gathers and a
+  reduce-scatter, no gradient): the real group, or one process playing one rank of a group with every
+  transfer replaced by a local copy of the same bytes (`tools/bench_cp.py --simulate`).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 import torch.distributed as dist
@@ -128,3 +135,88 @@ class Ring:
         """Complete a `shift`."""
         for work in handle[:-1]:
             work.wait()
+
+
+class Comm(Protocol):
+    """What context-parallel attention communicates through (`GroupComm`, `SimulatedComm`)."""
+
+    rank: int
+    size: int
+
+    def shift(self, send: torch.Tensor, kind: str, step: int) -> tuple[torch.Tensor, list]: ...
+    def wait(self, handle: list) -> None: ...
+    def all_gather(self, x: torch.Tensor, kind: str) -> torch.Tensor: ...
+    def reduce_scatter(self, x: torch.Tensor) -> torch.Tensor: ...
+
+
+def as_comm(group: dist.ProcessGroup | Comm | None) -> Comm:
+    """A `Comm` for a process group (None: the default group); a `Comm` is returned as it is."""
+    return group if isinstance(group, (GroupComm, SimulatedComm)) else GroupComm(group)
+
+
+class GroupComm:
+    """The communication of context-parallel attention over a real process group (no gradient).
+
+    `kind` names what travels (`"kv"`, `"dkv"`, `"means"`): it separates the shift streams on gloo and lets
+    `SimulatedComm` stand in for this class.
+    """
+
+    def __init__(self, group: dist.ProcessGroup | None):
+        self.group = group
+        self.ring = Ring(group)
+        self.rank, self.size = self.ring.rank, self.ring.size
+
+    def shift(self, send: torch.Tensor, kind: str, step: int) -> tuple[torch.Tensor, list]:
+        """`Ring.shift`: start sending `send` to rank `r + 1`, receiving rank `r − 1`'s (valid after `wait`);
+        `step`: the shifts of this stream made before in this pass (used by `SimulatedComm`)."""
+        return self.ring.shift(send, tag=0 if kind == "kv" else 1)
+
+    def wait(self, handle: list) -> None:
+        self.ring.wait(handle)
+
+    def all_gather(self, x: torch.Tensor, kind: str) -> torch.Tensor:
+        """Every rank's `x`, stacked: `[P, ...]`."""
+        return all_gather_nograd(x, self.group)
+
+    def reduce_scatter(self, x: torch.Tensor) -> torch.Tensor:
+        """x `[P, ...]` on every rank -> `[...]`: the sum over ranks of their slot `rank`."""
+        out = torch.empty(x.shape[1:], dtype=x.dtype, device=x.device)
+        dist.reduce_scatter_tensor(out.view(-1), x.detach().contiguous().view(-1), group=self.group)
+        return out
+
+
+@dataclass
+class SimulatedComm:
+    """One process playing rank `rank` of `size`: every transfer is a local copy of the bytes it would move.
+
+    What a rank would receive is what its peers send: `peer(kind, p, x)` gives rank `p`'s counterpart of
+    this rank's `x` (e.g. its key/value share), so shifts and gathers return the real values and the
+    simulated rank does exactly its real work (including which ring steps the sparse branch skips). Without
+    `peer`, the rank's own `x` stands in for every peer's. `moved` records `(kind, bytes)` per transfer.
+    """
+
+    rank: int
+    size: int
+    peer: Callable[[str, int, torch.Tensor], torch.Tensor] | None = None
+    moved: list[tuple[str, int]] = field(default_factory=list)
+
+    def _of(self, kind: str, p: int, x: torch.Tensor) -> torch.Tensor:
+        return x if self.peer is None or p == self.rank else self.peer(kind, p, x)
+
+    def shift(self, send: torch.Tensor, kind: str, step: int) -> tuple[torch.Tensor, list]:
+        """A copy of what rank `r − 1` sends at shift `step` of the `kind` stream: the data it holds then,
+        which started at rank `r − 1 − step`."""
+        self.moved.append((kind, send.numel() * send.element_size()))
+        return self._of(kind, (self.rank - 1 - step) % self.size, send).clone(), []
+
+    def wait(self, handle: list) -> None:
+        pass
+
+    def all_gather(self, x: torch.Tensor, kind: str) -> torch.Tensor:
+        self.moved.append((kind, (self.size - 1) * x.numel() * x.element_size()))
+        return torch.stack([self._of(kind, p, x) for p in range(self.size)])
+
+    def reduce_scatter(self, x: torch.Tensor) -> torch.Tensor:
+        """A sum of `P` slots, as a real reduce-scatter adds (of this rank's slots, not the peers')."""
+        self.moved.append(("dkv", (self.size - 1) * x[0].numel() * x.element_size()))
+        return x.sum(0)

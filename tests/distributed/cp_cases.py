@@ -181,10 +181,10 @@ def _reference_ssa(block_count: int):
     return reference
 
 
-def _parallel_ssa(block_count: int):
+def _parallel_ssa(block_count: int, comm: str = "ring"):
     def parallel(q, k, v):
         (o_full, lse_full), (o_sparse, lse_sparse) = context_parallel_ssa_attention(
-            q, k, v, BLOCK_SIZE, block_count, group=None
+            q, k, v, BLOCK_SIZE, block_count, group=None, comm=comm
         )
         return o_full, lse_full, o_sparse, lse_sparse
 
@@ -215,6 +215,65 @@ def check_ssa_one_branch_used(rank: int, world: int) -> None:
     grads = torch.autograd.grad(o_sparse.square().sum(), shares)
     for name, g, r in zip("qkv", grads, ref_grads, strict=True):
         assert_close(f"d{name}", split_sequence(r, rank, world), g, 1e-10, 1e-10)
+
+
+# The all-gather path (`comm="allgather"`): every branch, K below / above the blocks that exist, GQA and MHA,
+# fp64 and fp32, a gradient on lse too; selection is shared with the ring (checked above).
+
+
+def check_allgather_full_fp64(rank: int, world: int) -> None:
+    """All-gathered full attention (GQA 4/2) in fp64: o, lse, dq, dk, dv (reduce-scattered)."""
+    _compare_branches(
+        rank,
+        world,
+        _inputs(21, _seq_len(world), torch.float64),
+        lambda q, k, v: ssa_kernels.full_attention(q, k, v, causal=True),
+        lambda q, k, v: context_parallel_full_attention(q, k, v, group=None, comm="allgather"),
+        seed=31,
+    )
+
+
+def check_allgather_sparse_k3_fp64(rank: int, world: int) -> None:
+    """All-gathered sparse attention, one kernel call per local chunk at its global positions (K = 3)."""
+    _compare_branches(
+        rank,
+        world,
+        _inputs(22, _seq_len(world), torch.float64),
+        _reference_sparse(3),
+        lambda q, k, v: context_parallel_sparse_attention(
+            q, k, v, BLOCK_SIZE, 3, group=None, comm="allgather"
+        ),
+        seed=32,
+    )
+
+
+def check_allgather_ssa_fp64(rank: int, world: int) -> None:
+    """Both branches from one all-gather (GQA 4/2, K = 3), fp64."""
+    _compare_branches(
+        rank,
+        world,
+        _inputs(23, _seq_len(world), torch.float64),
+        _reference_ssa(3),
+        _parallel_ssa(3, "allgather"),
+        33,
+    )
+
+
+def check_allgather_ssa_fp32_mha_k_more_than_blocks(rank: int, world: int) -> None:
+    """Both branches from one all-gather in fp32 without GQA (HQ = HKV = 2), K = 40, 3 blocks per chunk."""
+    inputs = _inputs(24, _seq_len(world, 3), torch.float32, heads=2, kv_heads=2, batch=1)
+    _compare_branches(rank, world, inputs, _reference_ssa(40), _parallel_ssa(40, "allgather"), 34)
+
+
+def check_bad_comm(rank: int, world: int) -> None:
+    """An unknown `comm`: a ValueError naming the choices, before any communication."""
+    q, k, v = (split_sequence(x, rank, world) for x in _inputs(1, _seq_len(world), torch.float64))
+    try:
+        context_parallel_ssa_attention(q, k, v, BLOCK_SIZE, 3, group=None, comm="alltoall")
+    except ValueError as error:
+        assert "ring" in str(error) and "allgather" in str(error) and "alltoall" in str(error), str(error)
+    else:
+        raise AssertionError("no ValueError for comm='alltoall'")
 
 
 def check_all_gather_grad(rank: int, world: int) -> None:

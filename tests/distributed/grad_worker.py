@@ -31,6 +31,7 @@ LAYOUTS = {  # case id -> (processes, layout options, attention mode); DP = proc
     "tp2-sparse": (2, ["--tp", "2"], "sparse"),
     "cp2-full": (2, ["--cp", "2"], "full"),
     "cp2-sparse": (2, ["--cp", "2"], "sparse"),
+    "cp2-sparse-allgather": (2, ["--cp", "2", "parallel.cp_comm=allgather"], "sparse"),
     "cp4-sparse": (4, ["--cp", "4"], "sparse"),
     "tp2xcp2-full": (4, ["--tp", "2", "--cp", "2"], "full"),
     "dp2xcp2-sparse": (4, ["--cp", "2"], "sparse"),

@@ -1,6 +1,8 @@
 """tools/bench_cp.py for real on CPU (gloo, 2 ranks under torchrun, its smoke options): one JSON line per
 length (printed and appended to --out) with every field, the profiled CP iterations' communication shares in
-range, no memory numbers and the native-CP baseline recorded as skipped (CPU), and both tables printed."""
+range, no memory numbers and the native-CP baseline recorded as skipped (CPU), and both tables printed; and
+its one-process rank simulation (`--simulate`): every rank timed, the bytes of every transfer as the layout
+implies them, the speed-ups from those times."""
 
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ import pytest
 from tests.helpers import REPO, free_port
 
 FIELDS = {
-    "device", "gpus", "date", "git", "torch", "seqlen", "heads", "kv_heads", "block_size", "block_count",
+    "device", "gpus", "date", "git", "torch", "seqlen", "cp_comm", "heads", "kv_heads", "block_size",
+    "block_count",
     "full_1gpu_ms", "ssa_1gpu_ms", "full_cp_ms", "ssa_cp_ms", "ssa_speedup", "full_speedup",
     "full_1gpu_peak_gib", "ssa_1gpu_peak_gib", "full_cp_peak_gib", "ssa_cp_peak_gib", "full_cp_profile",
     "ssa_cp_profile", "native_backend", "native_rotate", "native_kv_heads", "native_1gpu_ms", "native_cp_ms",
@@ -55,3 +58,61 @@ def test_cpu_smoke_run_writes_every_field(tmp_path):
     assert proc.stdout.count("native context_parallel: skipped on CPU") == 1  # said once, by rank 0
     table = [s for s in proc.stdout.splitlines() if s.startswith("  seqlen") or s.startswith("     512 ")]
     assert len(table) == 4, proc.stdout  # the lines tools/gpu_multi.sh's summary picks: 2 headers, 2 rows
+
+
+SIM_PER_OP = ("1gpu_ms", "rank_ms", "busiest_rank", "speedup", "exposed_ms", "speedup_exposed", "bytes",
+              "bytes_total")  # fmt: skip
+SIM_FIELDS = {
+    "mode",
+    "device",
+    "date",
+    "git",
+    "torch",
+    "seqlen",
+    "cp",
+    "cp_comm",
+    "heads",
+    "kv_heads",
+    "head_dim",
+    "block_size",
+    "block_count",
+    "link_gbps",
+} | {f"{op}_{k}" for op in ("ssa", "full") for k in SIM_PER_OP}
+
+
+def test_simulate_smoke_reports_every_rank_and_the_bytes(tmp_path):
+    out = tmp_path / "sim.jsonl"
+    seq_len, kv_heads, dim = 128, 2, 16
+    command = [sys.executable, "tools/bench_cp.py", "--simulate", "2", "4", "--device", "cpu", "--seqlens",
+               str(seq_len), "--heads", "4", "--kv-heads", str(kv_heads), "--head-dim", str(dim),
+               "--block-count", "4", "--repeats", "1", "--cp-comm", "ring", "allgather",
+               "--out", str(out)]  # fmt: skip
+    proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["cp"], r["cp_comm"]) for r in lines] == [
+        (2, "ring"),
+        (2, "allgather"),
+        (4, "ring"),
+        (4, "allgather"),
+    ]
+    for r in lines:
+        assert r.keys() == SIM_FIELDS, r.keys() ^ SIM_FIELDS
+        size = r["cp"]
+        share = 2 * (seq_len // size) * kv_heads * dim * 4  # k and v of one rank, fp32 on CPU
+        for op in ("ssa", "full"):
+            times = r[f"{op}_rank_ms"]
+            assert len(times) == size and all(t > 0 for t in times)
+            assert r[f"{op}_speedup"] == pytest.approx(r[f"{op}_1gpu_ms"] / max(times))
+            assert r[f"{op}_exposed_ms"] >= 0 and r[f"{op}_speedup_exposed"] <= r[f"{op}_speedup"]
+            kv, dkv = r[f"{op}_bytes"]["kv"], r[f"{op}_bytes"]["dkv"]
+            if r["cp_comm"] == "ring":  # P - 1 shifts forward and backward; the accumulators P shifts (fp32)
+                assert (kv["transfers"], kv["bytes_each"], dkv["transfers"]) == (2 * (size - 1), share, size)
+            else:  # one all-gather of the P - 1 other shares, one reduce-scatter of as many
+                assert (kv["transfers"], kv["bytes_each"], dkv["bytes_each"]) == (
+                    1,
+                    (size - 1) * share,
+                    (size - 1) * share,
+                )
+        assert ("means" in r["ssa_bytes"]) and "means" not in r["full_bytes"]  # selection: the block means
+    assert proc.stdout.count(" allgather ") >= 2  # the table

@@ -147,3 +147,19 @@ def test_group_of_one_is_the_plain_ops():
     ref_sparse = ssa_kernels.sparse_attention(q, k, v, ssa_kernels.select_blocks(q, k, 4, 3), 4)
     for got, ref in zip((o_full, lse_full, o_sparse, lse_sparse), (*ref_full, *ref_sparse), strict=True):
         assert torch.equal(got, ref)
+
+
+def test_cp_comm_option_reaches_megatron():
+    """`parallel.cp_comm` becomes Megatron's `cp_comm_type`, which Megatron hands to `SSACoreAttention`;
+    names SSA has no path for are refused with the choices."""
+    from ssa_pretrain.model.gpt import transformer_config
+    from ssa_pretrain.parallel import cp_comm_from_megatron
+    from tests.helpers import tiny_config
+
+    for ours, megatron in (("ring", "p2p"), ("allgather", "all_gather")):
+        config = transformer_config(tiny_config("parallel.cp=2", f"parallel.cp_comm={ours}"), torch.float32)
+        assert config.cp_comm_type == megatron
+        assert cp_comm_from_megatron(megatron) == ours
+    assert cp_comm_from_megatron(None) == "ring"
+    with pytest.raises(ValueError, match=r"a2a.*parallel\.cp_comm"):
+        cp_comm_from_megatron("a2a")

@@ -114,6 +114,32 @@ def sparse_case(shape: Shape, lse_in_loss: bool = True) -> None:
         assert_close(name, ref, out, 1e-5, 1e-5)
 
 
+def sparse_offset_case(start: int, rows: int, num_keys: int) -> None:
+    """Triton sparse attention of query rows at positions `start …` against `num_keys` keys (`q_start`):
+    o, lse, the gradients, and the backward from a given (o, lse), against the reference."""
+    from ssa_kernels import sparse_attention
+    from ssa_kernels.select_blocks import naive_select_blocks
+    from ssa_kernels.sparse_attention import naive_sparse_attention, sparse_attention_backward
+
+    seq_len = max(num_keys, start + rows)
+    q = torch.randn(2, seq_len, 4, 16)
+    k, v = torch.randn(2, seq_len, 2, 16), torch.randn(2, seq_len, 2, 16)
+    indices = naive_select_blocks(q, k, 4, 3)[:, start : start + rows]
+    q = q[:, start : start + rows].clone().requires_grad_()
+    k, v = (x[:, :num_keys].clone().requires_grad_() for x in (k, v))
+    o, lse = sparse_attention(q, k, v, indices, 4, q_start=start)
+    ref_o, ref_lse = naive_sparse_attention(q, k, v, indices, 4, q_start=start)
+    do, dlse = torch.randn_like(o), torch.randn_like(lse)
+    grads = torch.autograd.grad((o, lse), (q, k, v), (do, dlse))
+    ref_grads = torch.autograd.grad((ref_o, ref_lse), (q, k, v), (do, dlse))
+    api = sparse_attention_backward(q, k, v, indices, ref_o, ref_lse, do, dlse, 4, q_start=start)
+    names = ("o", "lse", "dq", "dk", "dv", "dq api", "dk api", "dv api")
+    for name, ref, out in zip(
+        names, (ref_o, ref_lse, *ref_grads, *ref_grads), (o, lse, *grads, *api), strict=True
+    ):
+        assert_close(name, ref, out, 1e-5, 1e-5)
+
+
 def cases() -> dict[str, Callable[[], None]]:
     """Every case by name."""
     found: dict[str, Callable[[], None]] = {
@@ -124,6 +150,8 @@ def cases() -> dict[str, Callable[[], None]]:
     found["select-query-chunks-small-segments"] = chunked_select_case
     found.update({f"sparse-{n}": lambda s=s: sparse_case(s) for n, s in SPARSE_CASES.items()})
     found["sparse-g16-T40-bs4-k8-o-grad-only"] = lambda: sparse_case(SPARSE_CASES["g16-T40-bs4-k8"], False)
+    found["sparse-query-offset-inside-keys"] = lambda: sparse_offset_case(16, 24, 64)
+    found["sparse-query-offset-after-keys-partial-block"] = lambda: sparse_offset_case(42, 12, 42)
     return found
 
 

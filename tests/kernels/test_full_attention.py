@@ -1,9 +1,11 @@
-"""full_attention against torch SDPA and a dense log-sum-exp, gradcheck, dtypes and input checks."""
+"""full_attention against torch SDPA and a dense log-sum-exp, gradcheck, dtypes and input checks; the backend
+API (forward with lse, backward from o and lse) against autograd of the reference, also for key subsets."""
 
 import pytest
 import torch
 import torch.nn.functional as F
-from ssa_kernels import full_attention
+from ssa_kernels import full_attention, merge
+from ssa_kernels.full_attention import full_attention_backward, full_attention_forward
 
 from tests.kernels.helpers import assert_close
 
@@ -69,3 +71,88 @@ def test_bf16_inputs() -> None:
 def test_bad_inputs(q, k, v, causal, message) -> None:
     with pytest.raises(ValueError, match=message):
         full_attention(q, k, v, causal=causal)
+
+
+def _weights(gen: torch.Generator, *like: torch.Tensor) -> list[torch.Tensor]:
+    return [torch.randn(x.shape, generator=gen, dtype=x.dtype) for x in like]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
+@pytest.mark.parametrize(
+    ("seq_q", "seq_k", "heads", "kv_heads", "causal"), list(CASES.values()), ids=list(CASES)
+)
+def test_backward_from_lse_matches_autograd(seq_q, seq_k, heads, kv_heads, causal, dtype) -> None:
+    """`full_attention_backward(o, lse, do, dlse)` == autograd of the reference, with and without dlse."""
+    gen = torch.Generator().manual_seed(seq_q * 100 + seq_k)
+    q = torch.randn(2, seq_q, heads, 8, generator=gen, dtype=dtype, requires_grad=True)
+    k, v = (torch.randn(2, seq_k, kv_heads, 8, generator=gen, dtype=dtype, requires_grad=True) for _ in "kv")
+    o, lse = full_attention(q, k, v, causal=causal, scale=0.4)
+    o_api, lse_api = full_attention_forward(q, k, v, causal=causal, scale=0.4)
+    assert not o_api.requires_grad and torch.equal(o_api, o.detach()) and torch.equal(lse_api, lse.detach())
+    do, dlse = _weights(gen, o, lse)
+    tol = 1e-10 if dtype == torch.float64 else 2e-5
+    for with_lse in (False, True):
+        ref = torch.autograd.grad(
+            (o, lse) if with_lse else (o,), (q, k, v), (do, dlse) if with_lse else (do,), retain_graph=True
+        )
+        got = full_attention_backward(
+            q, k, v, o_api, lse_api, do, dlse if with_lse else None, causal=causal, scale=0.4
+        )
+        for name, r, g in zip("qkv", ref, got, strict=True):
+            assert_close(f"d{name} (dlse={with_lse})", r, g, tol, tol)
+
+
+def test_backward_of_key_subsets_from_merged_lse() -> None:
+    """Keys split in two sets: each set's backward from the *merged* o and lse gives its share; together they
+    are the gradient of attention over all keys (what ring attention relies on)."""
+    gen = torch.Generator().manual_seed(3)
+    q = torch.randn(1, 11, 4, 8, generator=gen, dtype=torch.float64, requires_grad=True)
+    k, v = (torch.randn(1, 19, 2, 8, generator=gen, dtype=torch.float64, requires_grad=True) for _ in "kv")
+    o, lse = full_attention(q, k, v, causal=False)
+    do, dlse = _weights(gen, o, lse)
+    ref = torch.autograd.grad((o, lse), (q, k, v), (do, dlse))
+    parts = [(slice(0, 7)), slice(7, 19)]
+    pieces = [full_attention_forward(q, k[:, p], v[:, p], causal=False) for p in parts]
+    o_m, lse_m = merge(*pieces[0], *pieces[1])
+    dq = torch.zeros_like(q)
+    dk, dv = torch.zeros_like(k), torch.zeros_like(v)
+    for p in parts:
+        dq_i, dk_i, dv_i = full_attention_backward(q, k[:, p], v[:, p], o_m, lse_m, do, dlse, causal=False)
+        dq += dq_i
+        dk[:, p], dv[:, p] = dk_i, dv_i
+    for name, r, g in zip("qkv", ref, (dq, dk, dv), strict=True):
+        assert_close(f"d{name}", r, g, 1e-10, 1e-10)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "noncausal"])
+def test_sdpa_backend_matches_reference(dtype, causal) -> None:
+    """The fused backend's forward, and its backward from the o and lse of a key *superset* (non-causal: the
+    first 128 of 384 keys) with dlse, against the fp64 reference from the same o and lse."""
+    gen = torch.Generator().manual_seed(4)
+    q = torch.randn(2, 256, 32, 64, generator=gen, dtype=torch.float64)
+    k, v = (torch.randn(2, 256 if causal else 384, 2, 64, generator=gen, dtype=torch.float64) for _ in "kv")
+    do = torch.randn(q.shape, generator=gen, dtype=torch.float64)
+    dlse = torch.randn(q.shape[:3], generator=gen, dtype=torch.float64)
+    o, lse = full_attention_forward(q, k, v, causal=causal)
+    keys = slice(None) if causal else slice(0, 128)
+    ref = full_attention_backward(q, k[:, keys], v[:, keys], o, lse, do, dlse, causal=causal)
+    cuda = [x.cuda().to(dtype) for x in (q, k, v)]
+    o_f, lse_f = full_attention_forward(*cuda, causal=causal, backend="sdpa")
+    got = full_attention_backward(
+        cuda[0],
+        cuda[1][:, keys],
+        cuda[2][:, keys],
+        o.cuda().to(dtype),
+        lse.cuda().float(),
+        do.cuda().to(dtype),
+        dlse.cuda().float(),
+        causal=causal,
+        backend="sdpa",
+    )
+    tol = 2e-2 if dtype == torch.bfloat16 else 1e-3  # of the largest magnitude
+    for name, r, g in zip(("o", "lse", "dq", "dk", "dv"), (o, lse, *ref), (o_f, lse_f, *got), strict=True):
+        error = (g.double().cpu() - r).abs().max() / r.abs().max()
+        assert error < tol, f"{name}: max error {error:.2e} of the largest magnitude"

@@ -3,6 +3,7 @@
 import pytest
 import torch
 from ssa_kernels import full_attention, select_blocks, sparse_attention
+from ssa_kernels.sparse_attention import sparse_attention_backward
 
 from tests.kernels.helpers import SHAPES, Shape, assert_close, select_blocks_by_rule
 
@@ -130,3 +131,59 @@ def test_bad_values_shape() -> None:
     q, k, v = torch.randn(1, 8, 4, 4), torch.randn(1, 8, 2, 4), torch.randn(1, 8, 2, 5)
     with pytest.raises(ValueError, match="v must have the shape of k"):
         sparse_attention(q, k, v, torch.zeros(1, 8, 2, 1, dtype=torch.int32), block_size=4)
+
+
+# (first query row, query rows, keys): rows inside the keys, rows after all keys (an earlier key chunk), keys
+# ending in a partial block
+OFFSET_CASES = {
+    "rows-16-40-of-64": (16, 24, 64),
+    "rows-after-keys": (64, 20, 64),
+    "partial-block": (30, 9, 41),
+}
+
+
+def offset_case(start: int, rows: int, num_keys: int, dtype: torch.dtype = torch.float64):
+    """A sequence long enough for the case, its selection, and the query rows `start … start + rows − 1`."""
+    shape = Shape(2, max(num_keys, start + rows), 4, 2, 8, 4, 3)
+    q, k, v = random_qkv(shape, dtype)
+    indices = select_blocks(q, k, shape.block_size, shape.block_count)
+    rows_ = slice(start, start + rows)
+    return q, k, v, indices, rows_, num_keys
+
+
+@pytest.mark.parametrize(("start", "rows", "num_keys"), OFFSET_CASES.values(), ids=OFFSET_CASES)
+def test_query_offset_is_rows_of_the_sequence(start: int, rows: int, num_keys: int) -> None:
+    """`q_start`: query rows at positions `start …` against the first `num_keys` keys == those rows of the
+    whole sequence's result with the later keys' blocks unselected; gradients too; and the backward API
+    from (o, lse) == autograd."""
+    q, k, v, indices, rows_, num_keys = offset_case(start, rows, num_keys)
+    keys = slice(0, num_keys)
+    kept = torch.where(indices * 4 < num_keys, indices, -1)  # blocks past the keys: none (as the op does)
+    ref_o, ref_lse = sparse_attention(q, k, v, kept, 4)
+    o, lse = sparse_attention(q[:, rows_], k[:, keys], v[:, keys], indices[:, rows_], 4, q_start=start)
+    assert_close("o", ref_o[:, rows_], o, 1e-10, 1e-10)
+    assert_close("lse", ref_lse[:, rows_], lse, 1e-10, 1e-10)
+    gen = torch.Generator().manual_seed(1)
+    do, dlse = (
+        torch.randn(o.shape, generator=gen, dtype=o.dtype),
+        torch.randn(lse.shape, generator=gen, dtype=lse.dtype),
+    )
+    grads = torch.autograd.grad((o, lse), (q, k, v), (do, dlse))
+    ref_grads = torch.autograd.grad((ref_o[:, rows_], ref_lse[:, rows_]), (q, k, v), (do, dlse))
+    for name, ref, out in zip("qkv", ref_grads, grads, strict=True):
+        assert_close(f"d{name}", ref, out, 1e-10, 1e-10)
+    api = sparse_attention_backward(
+        q[:, rows_], k[:, keys], v[:, keys], indices[:, rows_], o, lse, do, dlse, 4, q_start=start
+    )
+    for name, ref, out in zip(
+        "qkv", (grads[0][:, rows_], grads[1][:, keys], grads[2][:, keys]), api, strict=True
+    ):
+        assert_close(f"d{name} from (o, lse)", ref, out, 1e-10, 1e-10)
+
+
+def test_bad_query_offset() -> None:
+    q, k, v, indices, rows_, _ = offset_case(16, 8, 64)
+    with pytest.raises(ValueError, match="q_start must be >= 0"):
+        sparse_attention(q[:, rows_], k, v, indices[:, rows_], 4, q_start=-1)
+    with pytest.raises(ValueError, match="same sequence length"):
+        sparse_attention(q[:, rows_], k, v, indices[:, rows_], 4)
