@@ -114,8 +114,8 @@ def deepspeed_config(cfg: Config, dp: int, bf16: bool) -> dict[str, Any]:
     if ds["bf16"].get("enabled", "auto") == "auto":
         ds["bf16"]["enabled"] = bf16
     zero = ds.get("zero_optimization", {})
-    if zero.get("stage", 0) not in (1, 2):
-        stage = zero.get("stage", 0)
+    stage = zero.get("stage", 0)
+    if stage not in (1, 2):
         raise ConfigError(f"{path}: zero_optimization.stage={stage}; ssa-pretrain uses ZeRO stage 1 or 2")
     if ds["bf16"].get("check_grad_overflow") is False or zero.get("compute_grad_norm") is False:
         raise ConfigError(  # without them DeepSpeed applies an update with non-finite gradients
@@ -155,13 +155,13 @@ class Trainer:
         self.dp = parallel_state.get_data_parallel_world_size()
         micro_per_step = cfg.train.global_batch_size // cfg.train.micro_batch_size
         if micro_per_step % self.dp:
-            raise ValueError(
+            raise ConfigError(
                 f"train.global_batch_size={cfg.train.global_batch_size} is not divisible by "
                 f"micro_batch_size x data-parallel size = {cfg.train.micro_batch_size} x {self.dp}"
             )
         self.grad_accum = micro_per_step // self.dp
         if cfg.train.eval_batches % self.dp:
-            raise ValueError(
+            raise ConfigError(
                 f"train.eval_batches={cfg.train.eval_batches} is not a multiple of the data-parallel "
                 f"size {self.dp}"
             )
