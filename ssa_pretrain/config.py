@@ -12,13 +12,16 @@ and what is allowed. The resolved tree is saved as `config.yaml` in the run dire
 from __future__ import annotations
 
 import difflib
+import json
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ssa_pretrain.errors import UserError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 class ConfigError(UserError, ValueError):
@@ -26,7 +29,9 @@ class ConfigError(UserError, ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
+    model_config = ConfigDict(
+        extra="forbid", use_attribute_docstrings=True, validate_assignment=True, allow_inf_nan=False
+    )  # inf / nan in a config (e.g. `train.lr=inf`) would train NaN weights: refused like any bad value
 
 
 class ModelConfig(_Section):
@@ -151,7 +156,7 @@ class TrainConfig(_Section):
     """AdamW epsilon."""
     grad_clip: float = Field(default=1.0, ge=0)
     """Global gradient-norm clip; 0 disables clipping."""
-    seed: int = 1234
+    seed: int = Field(default=1234, ge=0)
     """Seeds the weights, the data order and the SSA mode draws."""
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     """`auto`: bf16 on GPU, fp32 on CPU."""
@@ -215,6 +220,21 @@ class LoggingConfig(_Section):
     """Show a live progress display on the console (rank 0)."""
 
 
+class DebugConfig(_Section):
+    """Fault injection, to test through the command line how a run survives faults (off by default)."""
+
+    inject_nonfinite_at: list[int] = []
+    """Optimizer steps (1-based) at which `inject_nonfinite_into` is made NaN, e.g. `[3]` or `[3, 4, 5]`."""
+    inject_nonfinite_into: Literal["loss", "gradients", "weights"] = "loss"
+    """`loss`: the step's loss (and so its gradients); `gradients`: the gradients only, the loss stays finite;
+    `weights`: one weight after the step's update (as an overflowing update would)."""
+
+    @field_validator("inject_nonfinite_at", mode="before")
+    @classmethod
+    def _one_step(cls, value: Any) -> Any:
+        return [value] if isinstance(value, int) else value
+
+
 class Config(_Section):
     """A whole run."""
 
@@ -224,6 +244,7 @@ class Config(_Section):
     train: TrainConfig
     data: DataConfig = DataConfig()
     logging: LoggingConfig = LoggingConfig()
+    debug: DebugConfig = DebugConfig()
 
     @model_validator(mode="after")
     def _check_cross_sections(self) -> Config:
@@ -256,9 +277,13 @@ def _merge(base: dict, extra: dict) -> dict:
     return out
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping, resolving its `include:` list (paths relative to the file)."""
+def read_yaml(path: str | Path, _including: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read a YAML mapping, resolving its `include:` list (paths relative to the file); an include cycle is
+    refused with its chain of files."""
     path = Path(path)
+    if path.resolve() in _including:
+        chain = [*_including[_including.index(path.resolve()) :], path.resolve()]
+        raise ConfigError(f"include cycle: {' -> '.join(map(str, chain))}; remove one of these includes")
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
@@ -272,7 +297,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         includes = [includes]
     merged: dict[str, Any] = {}
     for inc in includes:
-        merged = _merge(merged, read_yaml(path.parent / inc))
+        merged = _merge(merged, read_yaml(path.parent / inc, (*_including, path.resolve())))
     return _merge(merged, data)
 
 
@@ -339,3 +364,29 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
 def dump_config(cfg: Config) -> str:
     """The resolved config as YAML (what the run directory stores)."""
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def read_deepspeed_json(train: TrainConfig) -> dict[str, Any]:
+    """The DeepSpeed JSON `train.deepspeed_config` names (looked up in the working directory, then the
+    repository)."""
+    path = Path(train.deepspeed_config)
+    if not path.is_absolute() and not path.is_file():
+        path = REPO_ROOT / path
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ConfigError(
+            f"train.deepspeed_config: cannot read {path} ({err}); name a DeepSpeed JSON such as "
+            "configs/deepspeed/zero1.json"
+        ) from err
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """`{"train": {"lr": 1e-3}}` -> `{"train.lr": 1e-3}` (the dotted keys of overrides)."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out

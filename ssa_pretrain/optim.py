@@ -43,3 +43,24 @@ def build_scheduler(
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """`lr_at` as a LambdaLR (its state, the step count, is saved with the checkpoint)."""
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_at(step, train) / train.lr)
+
+
+def apply_hyperparameters(
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LambdaLR,
+    train: TrainConfig,
+    step: int,
+) -> None:
+    """Put `train`'s AdamW settings and schedule on an optimizer restored at `step` (its checkpoint carries
+    the old ones): a config change on resume takes effect deliberately instead of being ignored. Groups as
+    in `param_groups`: decayed first."""
+    scheduler.base_lrs = [train.lr] * len(optimizer.param_groups)
+    for group, weight_decay in zip(optimizer.param_groups, (train.weight_decay, 0.0), strict=True):
+        group.update(
+            initial_lr=train.lr,
+            lr=train.lr * scheduler.lr_lambdas[0](step),
+            betas=(train.beta1, train.beta2),
+            eps=train.eps,
+            weight_decay=weight_decay,
+        )
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]

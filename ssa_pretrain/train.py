@@ -4,7 +4,8 @@
     torchrun --nproc-per-node 8 -m ssa_pretrain.train configs/train/1b-8k.yaml --run-dir runs/1b
     srun python -m ssa_pretrain.train configs/train/1b-8k.yaml --run-dir runs/1b     (one task per GPU)
 
-A run directory that holds a checkpoint is resumed from its latest one.
+A run directory that holds a checkpoint is resumed from its latest one, with the config the run was saved
+with: a changed optimizer, schedule or method setting is refused unless `--allow-config-change` is given.
 """
 
 from __future__ import annotations
@@ -13,13 +14,20 @@ import argparse
 import sys
 from pathlib import Path
 
-from ssa_pretrain.config import load_config
+from ssa_pretrain.config import load_config, read_deepspeed_json
 from ssa_pretrain.errors import exits_on_user_error
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("config", help="run config (YAML), e.g. configs/train/tiny-cpu.yaml")
     parser.add_argument("--run-dir", type=Path, help="run directory (default: runs/<config name>)")
+    parser.add_argument(
+        "--allow-config-change",
+        action="store_true",
+        help="on resume, apply changed optimizer / schedule / method settings (e.g. train.lr, train.steps) "
+        "from the checkpoint's step on, recorded in RUN_DIR/config-changes.jsonl; without it such a resume "
+        "is refused and the run's saved config stays in force",
+    )
     parser.add_argument(
         "overrides", nargs="*", help="dotted overrides, e.g. train.steps=20 ssa.full_ratio=0.25"
     )
@@ -31,9 +39,11 @@ def run(args: argparse.Namespace) -> int:
     """Train with parsed arguments. Bad input (config, data, checkpoint) exits with code 2 and its message; a
     run that cannot go on (`TrainingError`) with code 1; neither prints a traceback."""
     cfg = load_config(args.config, args.overrides)
+    read_deepspeed_json(cfg.train)  # a missing DeepSpeed file fails now, not after start-up
     from ssa_pretrain.trainer import Trainer, TrainingError  # heavy imports once the config is known good
 
-    trainer = Trainer(cfg, args.run_dir or Path("runs") / Path(args.config).stem)
+    run_dir = args.run_dir or Path("runs") / Path(args.config).stem
+    trainer = Trainer(cfg, run_dir, allow_config_change=args.allow_config_change)
     try:
         trainer.train()
     except TrainingError as err:

@@ -12,9 +12,11 @@ reduces them over the data-parallel group (ZeRO 1/2), clips and steps at the bou
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -24,8 +26,9 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 
 from ssa_pretrain import checkpoint, cpu_shims
-from ssa_pretrain.config import Config
+from ssa_pretrain.config import Config, ConfigError, read_deepspeed_json
 from ssa_pretrain.data.loader import ShardLoader, iter_validation
+from ssa_pretrain.data.manifest import manifest_digest
 from ssa_pretrain.data.tokenizer import Tokenizer
 from ssa_pretrain.distributed import init_distributed, shutdown
 from ssa_pretrain.metrics import (
@@ -45,14 +48,24 @@ from ssa_pretrain.model.gpt import (
     set_attention_mode,
 )
 from ssa_pretrain.model.modes import Mode, choose_mode
-from ssa_pretrain.optim import build_optimizer, build_scheduler
+from ssa_pretrain.optim import apply_hyperparameters, build_optimizer, build_scheduler
 from ssa_pretrain.parallel import split_sequence
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 class TrainingError(RuntimeError):
     """Training cannot go on (e.g. too many non-finite losses); the last good checkpoint is intact."""
+
+
+class NaNGradient(torch.autograd.Function):
+    """Identity whose gradient is NaN: `debug.inject_nonfinite_into=gradients` (the loss stays finite)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return grad * float("nan")
 
 
 class MegatronMPU:
@@ -81,13 +94,7 @@ class MegatronMPU:
 
 def deepspeed_config(cfg: Config, dp: int, bf16: bool) -> dict[str, Any]:
     """The DeepSpeed JSON of `train.deepspeed_config` with its "auto" values filled from our config."""
-    path = Path(cfg.train.deepspeed_config)
-    if not path.is_absolute() and not path.is_file():
-        path = REPO_ROOT / path
-    try:
-        ds = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"train.deepspeed_config: cannot read {path}: {err}") from err
+    path, ds = cfg.train.deepspeed_config, read_deepspeed_json(cfg.train)
     t = cfg.train
     auto = {
         # DeepSpeed's data-parallel group is DP x CP and it counts a micro-batch on every rank of it.
@@ -100,15 +107,21 @@ def deepspeed_config(cfg: Config, dp: int, bf16: bool) -> dict[str, Any]:
         if ds.get(key, "auto") == "auto":
             ds[key] = value
         elif ds[key] != value:
-            raise ValueError(
+            raise ConfigError(
                 f'{path}: {key}={ds[key]} contradicts the run config ({value}); set it to "auto"'
             )
     ds.setdefault("bf16", {})
     if ds["bf16"].get("enabled", "auto") == "auto":
         ds["bf16"]["enabled"] = bf16
-    stage = ds.get("zero_optimization", {}).get("stage", 0)
+    zero = ds.get("zero_optimization", {})
+    stage = zero.get("stage", 0)
     if stage not in (1, 2):
-        raise ValueError(f"{path}: zero_optimization.stage={stage}; ssa-pretrain uses ZeRO stage 1 or 2")
+        raise ConfigError(f"{path}: zero_optimization.stage={stage}; ssa-pretrain uses ZeRO stage 1 or 2")
+    if ds["bf16"].get("check_grad_overflow") is False or zero.get("compute_grad_norm") is False:
+        raise ConfigError(  # without them DeepSpeed applies an update with non-finite gradients
+            f"{path}: bf16.check_grad_overflow and zero_optimization.compute_grad_norm must stay true "
+            "(a non-finite gradient norm then skips the update)"
+        )
     return ds
 
 
@@ -125,13 +138,14 @@ def build_engine(cfg: Config, model: torch.nn.Module, dp: int, bf16: bool):
         mpu=MegatronMPU(),
         dist_init_required=False,
     )
+    checkpoint.use_safe_checkpoint_files(engine)
     return engine
 
 
 class Trainer:
     """Owns the process group, engine, data and run directory of one training run."""
 
-    def __init__(self, cfg: Config, run_dir: str | Path):
+    def __init__(self, cfg: Config, run_dir: str | Path, allow_config_change: bool = False):
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.dist = init_distributed(cfg.parallel.tp, cfg.parallel.cp)
@@ -141,13 +155,13 @@ class Trainer:
         self.dp = parallel_state.get_data_parallel_world_size()
         micro_per_step = cfg.train.global_batch_size // cfg.train.micro_batch_size
         if micro_per_step % self.dp:
-            raise ValueError(
+            raise ConfigError(
                 f"train.global_batch_size={cfg.train.global_batch_size} is not divisible by "
                 f"micro_batch_size x data-parallel size = {cfg.train.micro_batch_size} x {self.dp}"
             )
         self.grad_accum = micro_per_step // self.dp
         if cfg.train.eval_batches % self.dp:
-            raise ValueError(
+            raise ConfigError(
                 f"train.eval_batches={cfg.train.eval_batches} is not a multiple of the data-parallel "
                 f"size {self.dp}"
             )
@@ -156,15 +170,13 @@ class Trainer:
         )
 
         self.tokenizer = Tokenizer(cfg.data.tokenizer_dir)
-        torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
-        cpu_shims.seed_model_parallel_rng(cfg.train.seed)
         self.vocab_size = cfg.model.vocab_size or self.tokenizer.vocab_size
-        model = build_model(cfg, self.vocab_size)
-        padded = padded_vocab_size(self.vocab_size, cfg.model, 1)
-        self.num_params = count_parameters(cfg.model, padded, cfg.ssa.output_gate)  # the whole model, for MFU
-        self.engine = build_engine(cfg, model, self.dp, self.bf16)
-        self.model = self.engine.module
-
+        if self.vocab_size < self.tokenizer.vocab_size:
+            raise ConfigError(
+                f"model.vocab_size={self.vocab_size} is smaller than the vocabulary of the tokenizer "
+                f"{cfg.data.tokenizer_dir} ({self.tokenizer.vocab_size}); set model.vocab_size=null to take "
+                "it from the tokenizer"
+            )
         dp_rank = parallel_state.get_data_parallel_rank()
         data_root = Path(cfg.data.dir)
         self.train_data = ShardLoader(
@@ -176,14 +188,23 @@ class Trainer:
             seed=cfg.train.seed,
             tokenizer_sha256=self.tokenizer.sha256,
         )
+        self.dataset_sha256 = manifest_digest(self.train_data.split.manifest)
         self.valid_dir = data_root / "valid"
-
         self.step = 0
         self.nonfinite_streak = 0
         self.skipped_updates = 0
         self.stop_signal = 0
         self.ckpt_dir = self.run_dir / "checkpoints"
-        self._prepare_run_dir()
+        resume = self._resume_point(allow_config_change)  # refused before the model is built
+
+        torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
+        cpu_shims.seed_model_parallel_rng(cfg.train.seed)
+        model = build_model(cfg, self.vocab_size)
+        padded = padded_vocab_size(self.vocab_size, cfg.model, 1)
+        self.num_params = count_parameters(cfg.model, padded, cfg.ssa.output_gate)  # the whole model, for MFU
+        self.engine = build_engine(cfg, model, self.dp, self.bf16)
+        self.model = self.engine.module
+        self._prepare_run_dir(resume)
         self.logger = MetricsLogger(self.run_dir, cfg, cfg.train.steps, self.step, enabled=self.is_main)
         for sig in (signal.SIGTERM, signal.SIGUSR1):
             signal.signal(sig, self._on_signal)
@@ -197,48 +218,49 @@ class Trainer:
             "vocab_size": self.vocab_size,
             "world_size": self.dist.world_size,
             "data": self.train_data.state_dict(),
+            "dataset_sha256": self.dataset_sha256,
             "skipped_updates": self.skipped_updates,
         }
 
-    def _prepare_run_dir(self) -> None:
-        """Resume from the run directory's latest checkpoint, or start it; save the resolved config."""
+    def _resume_point(self, allow_config_change: bool) -> tuple[Path, dict[str, Any], dict] | None:
+        """(checkpoint, its metadata, the config changes to apply) to resume from, checked; None for a new
+        run."""
+        latest = checkpoint.latest_checkpoint(self.ckpt_dir)
+        if latest is None:
+            return None
+        meta = checkpoint.read_meta(latest)
+        changes = checkpoint.check_resumable(
+            latest, meta, self.cfg, self.tokenizer.sha256, self.dataset_sha256, allow_config_change
+        )
+        return latest, meta, changes
+
+    def _prepare_run_dir(self, resume: tuple[Path, dict[str, Any], dict] | None) -> None:
+        """Resume from the checkpoint found by `_resume_point`, or start the run directory; save the resolved
+        config (and, when it changed on resume, record the changes)."""
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         if dist.is_initialized():
             dist.barrier()
-        latest = checkpoint.latest_checkpoint(self.ckpt_dir)
-        if latest is not None:
-            meta = checkpoint.read_meta(latest)
-            self._check_resumable(meta, latest)
+        changes: dict = {}
+        if resume is not None:
+            latest, meta, changes = resume
             checkpoint.load(self.engine, latest)
             self.train_data.load_state_dict(meta["data"])
             self.step = meta["step"]
             self.skipped_updates = meta.get("skipped_updates", 0)
+            if changes:  # the checkpoint carries the old hyper-parameters; apply the config's
+                engine = self.engine
+                apply_hyperparameters(engine.optimizer, engine.lr_scheduler, self.cfg.train, self.step)
         if self.is_main:
+            if changes:
+                diff = {key: {"from": old, "to": new} for key, (old, new) in changes.items()}
+                with (self.run_dir / "config-changes.jsonl").open("a") as f:
+                    f.write(json.dumps({"step": self.step, "changes": diff}) + "\n")
+                print(f"resuming at step {self.step} with changes: {', '.join(changes)}", file=sys.stderr)
             truncate_metrics(self.run_dir / "metrics.jsonl", self.step)
             save_resolved_config(self.run_dir, self.cfg)
             self._copy_tokenizer()
             self._write_status("running")
-
-    def _check_resumable(self, meta: dict[str, Any], path: Path) -> None:
-        saved = meta["config"]
-        problems = [
-            f"model.{k}: checkpoint {saved['model'].get(k)!r}, config {v!r}"
-            for k, v in self.cfg.model.model_dump(mode="json").items()
-            if saved["model"].get(k) != v
-        ]
-        if saved["data"]["seq_len"] != self.cfg.data.seq_len:
-            problems.append(
-                f"data.seq_len: checkpoint {saved['data']['seq_len']}, config {self.cfg.data.seq_len}"
-            )
-        if meta["tokenizer_sha256"] != self.tokenizer.sha256:
-            problems.append(f"tokenizer: checkpoint was trained with sha256 {meta['tokenizer_sha256'][:12]}…")
-        if problems:
-            raise checkpoint.CheckpointError(
-                f"cannot resume from {path}: the config does not match the checkpoint:\n  "
-                + "\n  ".join(problems)
-                + "\nUse the run's own config.yaml, or a new --run-dir for a new run."
-            )
 
     def _copy_tokenizer(self) -> None:
         """`RUN_DIR/tokenizer/`: a self-contained run for export and evaluation (copied once, atomically)."""
@@ -263,7 +285,16 @@ class Trainer:
     # ---------------------------------------------------------------- the loop
 
     def train(self) -> None:
-        """Step until `train.steps` or a stop signal; validate and save on their intervals and at the end."""
+        """Step until `train.steps` or a stop signal; validate and save on their intervals and at the end.
+        Any fatal error leaves `status.json` failed with its reason."""
+        try:
+            self._train()
+        except BaseException as err:
+            if self.is_main:
+                self._write_status("failed", reason=str(err) or type(err).__name__)
+            raise
+
+    def _train(self) -> None:
         t = self.cfg.train
         while self.step < t.steps:
             metrics = self.train_step()
@@ -272,6 +303,8 @@ class Trainer:
                 metrics.update(self.validate())
             if self.step % t.log_interval == 0 or "val_loss_full" in metrics or self.step == t.steps:
                 self.logger.log(metrics)
+                if self.is_main:
+                    self._write_status("running")
             stopping = self._agree_to_stop()
             if self.step % t.save_interval == 0 or self.step == t.steps or stopping:
                 self.save()
@@ -289,10 +322,15 @@ class Trainer:
         ce_sum = torch.zeros((), device=self.dist.device)  # summed on the device: no sync per micro-step
         align_sum = torch.zeros((), device=self.dist.device)
         modes: list[Mode] = []
+        inject = self.step + 1 in self.cfg.debug.inject_nonfinite_at and self.cfg.debug.inject_nonfinite_into
         for micro in range(self.grad_accum):
             mode = choose_mode(self.cfg.ssa, self.cfg.train.seed, self.step, micro, self.grad_accum)
             set_attention_mode(self.model, mode)
             ce = self._cross_entropy(next(self.train_data))
+            if inject == "loss":
+                ce = ce * float("nan")
+            elif inject == "gradients":
+                ce = NaNGradient.apply(ce)
             self.engine.backward(ce)
             self.engine.step()
             ce_sum += ce.detach()
@@ -301,9 +339,12 @@ class Trainer:
                 align_sum += align.mean()
             modes.append(mode)
 
+        if inject == "weights":
+            with torch.no_grad():
+                next(self.model.parameters()).view(-1)[0] = float("nan")
         ce, align = self._mean_over_ranks(ce_sum / self.grad_accum, align_sum / self.grad_accum)
-        finite = bool(torch.isfinite(torch.tensor(ce)))
-        applied = self.engine.was_step_applied() and finite
+        grad_norm = float(self.engine.get_global_grad_norm() or 0.0)
+        applied = self.engine.was_step_applied() and math.isfinite(ce) and math.isfinite(grad_norm)
         self._count_nonfinite(applied)
         elapsed = time.perf_counter() - start
         s = self.cfg.ssa
@@ -316,7 +357,7 @@ class Trainer:
             "mode": modes[0] if len(set(modes)) == 1 else "mixed",
             "full_micro_steps": modes.count("full"),
             "lr": self.engine.get_lr()[0],
-            "grad_norm": float(self.engine.get_global_grad_norm() or 0.0),
+            "grad_norm": grad_norm,
             "tokens_per_s": tokens_per_step / elapsed,
             "step_time_s": elapsed,
             "peak_mem_gib": peak_memory_gib(self.dist.device),
@@ -356,8 +397,6 @@ class Trainer:
         self.skipped_updates += 1
         if self.nonfinite_streak >= self.cfg.train.max_nonfinite:
             last = checkpoint.latest_checkpoint(self.ckpt_dir)
-            if self.is_main:
-                self._write_status("failed", reason="non-finite loss")
             raise TrainingError(
                 f"{self.nonfinite_streak} consecutive non-finite losses at step {self.step + 1}; stopping. "
                 f"The last good checkpoint is {last or 'none (no checkpoint was written yet)'}. "
@@ -397,6 +436,18 @@ class Trainer:
         return self.stop_signal != 0
 
     def save(self) -> None:
+        """Checkpoint the step, only from finite weights (so the latest checkpoint is always a good one)."""
+        finite = torch.stack([torch.isfinite(p).all() for p in self.model.parameters()]).all()
+        flag = finite.to(self.dist.device, torch.int32).reshape(1)
+        if dist.is_initialized():
+            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        if not flag.item():
+            last = checkpoint.latest_checkpoint(self.ckpt_dir)
+            raise TrainingError(
+                f"the weights are non-finite after step {self.step}; they are not saved. The last good "
+                f"checkpoint is {last or 'none (no checkpoint was written yet)'}. Lower train.lr or check "
+                "the data."
+            )
         checkpoint.save(self.engine, self.ckpt_dir, self.step, self._meta(), self.cfg.train.keep_last)
 
     def _stop_by_signal(self) -> None:

@@ -187,7 +187,7 @@ class ShardLoader:
         """Continue after the last micro-batch the saved loader returned (no replay, no re-reading)."""
         for key in ("dp_size", "micro_batch_size", "seed"):
             if state[key] != getattr(self, key):
-                raise ValueError(
+                raise DataError(
                     f"data loader state was saved with {key}={state[key]} but this loader has {key}="
                     f"{getattr(self, key)}; the sample order depends on it, so resume with the same {key}"
                 )
@@ -198,7 +198,7 @@ class ShardLoader:
                 "dataset the run started with"
             )
         if not 0 <= state["consumed"] <= self.batches_per_epoch:
-            raise ValueError(
+            raise DataError(
                 f"loader state consumed={state['consumed']} is outside [0, {self.batches_per_epoch}]"
             )
         self.epoch, self.consumed = int(state["epoch"]), int(state["consumed"])

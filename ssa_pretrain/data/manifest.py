@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Literal
 
 from ssa_pretrain.data.errors import DataError
@@ -70,7 +70,21 @@ def load_manifest(split_dir: str | Path) -> dict:
     missing = {"seq_len", "sample_len", "dtype", "tokenizer", "num_samples", "shards"} - manifest.keys()
     if missing:
         raise DataError(f"{path}: manifest lacks {sorted(missing)}; {rebuild_hint(manifest)}")
+    for shard in manifest["shards"]:
+        name = PurePosixPath(str(shard.get("file", "")))
+        if not name.parts or name.is_absolute() or ".." in name.parts or "\\" in str(name):
+            raise DataError(
+                f"{path}: shard path {str(name)!r} leaves the dataset directory {split_dir} (shards are "
+                f"named relative to it, e.g. shard-000000.tar); {rebuild_hint(manifest)}"
+            )
     return manifest
+
+
+def manifest_digest(manifest: dict) -> str:
+    """Hex sha256 of what fixes a split's sample stream: seq_len and the shards in order (names, sample
+    counts, sha256s). A checkpoint records it, so a run resumes on the same samples."""
+    shards = [[s["file"], s["num_samples"], s["sha256"]] for s in manifest["shards"]]
+    return hashlib.sha256(json.dumps([manifest["seq_len"], shards]).encode()).hexdigest()
 
 
 def check_compatible(

@@ -1,72 +1,57 @@
-"""A non-finite loss skips the update and is counted; too many in a row stop the run, checkpoint kept."""
+"""Non-finite numbers, injected through the command line (`debug.inject_nonfinite_at`): a non-finite loss or
+gradient norm skips the update and is counted; too many in a row stop the run; non-finite weights are never
+checkpointed, so "the last good checkpoint" is one."""
 
 from __future__ import annotations
 
 import json
 
-import pytest
 import torch
 
-from ssa_pretrain.config import load_config
-from ssa_pretrain.trainer import Trainer, TrainingError
-from tests.helpers import REPO
-from tests.train.test_train import FAST
-
-pytestmark = pytest.mark.usefixtures("megatron_world")
+from ssa_pretrain.checkpoint import MODEL_STATES
+from tests.helpers import read_metrics
+from tests.train.test_train import run
 
 
-def trainer_with_nan_losses(run_dir, data, bad_steps: set[int], *overrides: str) -> Trainer:
-    cfg = load_config(REPO / "configs/train/tiny-cpu.yaml", [*FAST, f"data.dir={data}", *overrides])
-    trainer = Trainer(cfg, run_dir)
-    clean = trainer._cross_entropy
-
-    def poisoned(tokens: torch.Tensor) -> torch.Tensor:
-        loss = clean(tokens)
-        return loss * float("nan") if trainer.step + 1 in bad_steps else loss
-
-    trainer._cross_entropy = poisoned
-    return trainer
+def weights(run_dir, step: int) -> dict[str, torch.Tensor]:
+    state = torch.load(run_dir / f"checkpoints/step-{step:06d}" / MODEL_STATES, weights_only=True)
+    return {k: v for k, v in state["module"].items() if torch.is_tensor(v)}
 
 
-def weights(trainer: Trainer) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in trainer.model.state_dict().items() if torch.is_tensor(v)}
-
-
-def test_isolated_nonfinite_step_is_skipped_and_counted(tiny_data, tmp_path):
-    trainer = trainer_with_nan_losses(
-        tmp_path / "run", tiny_data, {3}, "train.steps=5", "train.max_nonfinite=2"
-    )
-    try:
-        for _ in range(2):
-            trainer.train_step()
-            trainer.step += 1
-        before = weights(trainer)
-        metrics = trainer.train_step()  # step 3: NaN
-        trainer.step += 1
-        assert metrics["skipped_updates"] == 1 and trainer.nonfinite_streak == 1
-        after = weights(trainer)
-        assert all(torch.equal(before[k], after[k]) for k in before)  # the update was skipped
-        metrics = trainer.train_step()
-        assert trainer.nonfinite_streak == 0 and metrics["skipped_updates"] == 1
-    finally:
-        trainer.logger.close()
+def test_nonfinite_gradients_skip_the_update_and_are_counted(tiny_data, tmp_path):
+    run_dir = tmp_path / "run"
+    run(run_dir, tiny_data, "train.steps=3", "train.save_interval=1",
+        "debug.inject_nonfinite_at=2", "debug.inject_nonfinite_into=gradients")  # fmt: skip
+    metrics = read_metrics(run_dir)
+    assert isinstance(metrics[1]["loss"], float) and metrics[1]["grad_norm"] in ("inf", "nan")
+    assert [m["skipped_updates"] for m in metrics] == [0, 1, 1]
+    one, two = weights(run_dir, 1), weights(run_dir, 2)
+    assert all(torch.equal(one[k], two[k]) for k in one)  # step 2 changed nothing
+    assert not all(torch.equal(two[k], v) for k, v in weights(run_dir, 3).items())  # step 3 did
 
 
 def test_too_many_in_a_row_stop_with_the_last_good_checkpoint(tiny_data, tmp_path):
-    trainer = trainer_with_nan_losses(
-        tmp_path / "run",
-        tiny_data,
-        {3, 4, 5},
-        "train.steps=8",
-        "train.save_interval=2",
-        "train.max_nonfinite=3",
-    )
-    try:
-        with pytest.raises(TrainingError, match="3 consecutive non-finite losses at step 5"):
-            trainer.train()
-    finally:
-        trainer.logger.close()
-    assert (tmp_path / "run/checkpoints/latest").read_text() == "step-000004"
-    meta = json.loads((tmp_path / "run/checkpoints/step-000004/meta.json").read_text())
+    run_dir = tmp_path / "run"
+    proc = run(run_dir, tiny_data, "train.steps=8", "train.save_interval=2", "train.max_nonfinite=3",
+               "debug.inject_nonfinite_at=[3,4,5]", check=False)  # fmt: skip
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "3 consecutive non-finite losses at step 5" in proc.stderr
+    assert f"last good checkpoint is {run_dir / 'checkpoints/step-000004'}" in proc.stderr
+    assert (run_dir / "checkpoints/latest").read_text() == "step-000004"
+    meta = json.loads((run_dir / "checkpoints/step-000004/meta.json").read_text())
     assert meta["step"] == 4 and meta["skipped_updates"] == 2
-    assert json.loads((tmp_path / "run/status.json").read_text())["state"] == "failed"
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["state"] == "failed" and "non-finite losses" in status["reason"]
+
+
+def test_nonfinite_weights_are_not_checkpointed(tiny_data, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = run(run_dir, tiny_data, "train.steps=4", "train.save_interval=1",
+               "debug.inject_nonfinite_at=3", "debug.inject_nonfinite_into=weights", check=False)  # fmt: skip
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "the weights are non-finite after step 3" in proc.stderr
+    assert f"last good checkpoint is {run_dir / 'checkpoints/step-000002'}" in proc.stderr
+    assert (run_dir / "checkpoints/latest").read_text() == "step-000002"
+    assert sorted(p.name for p in (run_dir / "checkpoints").glob("step-*")) == ["step-000001", "step-000002"]
+    assert all(torch.isfinite(v).all() for v in weights(run_dir, 2).values())
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "failed"

@@ -181,7 +181,8 @@ def test_dangling_latest_pointer_is_reported(tiny_data, tmp_path):
 
 @pytest.mark.parametrize("damage", ["flip", "truncate"])
 def test_corrupt_shard_is_named(tiny_data, tmp_path, damage):
-    """A truncated shard fails at start (size check); a flipped byte when the shard is read (sha256)."""
+    """A truncated shard fails at start (size check); a flipped byte when the shard is read (sha256), before
+    any of its tokens reach the model."""
     import shutil
 
     data = tmp_path / "data"
@@ -194,6 +195,9 @@ def test_corrupt_shard_is_named(tiny_data, tmp_path, damage):
     proc = run(tmp_path / "run", data, "train.steps=2", check=False)
     assert proc.returncode == 2
     assert any(s.name in proc.stderr for s in shards), proc.stderr[-2000:]
+    if damage == "flip":  # found once training runs: the run is marked failed, with the shard named
+        status = json.loads((tmp_path / "run/status.json").read_text())
+        assert status["state"] == "failed" and any(s.name in status["reason"] for s in shards), status
 
 
 def test_cli_help_documents_every_subcommand():
