@@ -91,7 +91,7 @@ class SSAConfig(PretrainedConfig):
             )
 
     def __setattr__(self, name: str, value) -> None:
-        """Refuse an attention setting the model cannot run (ValueError naming the field and what it allows)."""
+        """Refuse an attention setting the model cannot run: ValueError naming the field and its values."""
         if name == "inference_mode" and value not in INFERENCE_MODES:
             raise ValueError(f"inference_mode must be one of {INFERENCE_MODES}, got {value!r}")
         if name in POSITIVE_INTS and (isinstance(value, bool) or not isinstance(value, int) or value < 1):

@@ -52,7 +52,7 @@ try:  # the fused kernels, when the training package is installed next to the ex
 except ImportError:
     ssa_kernels = None
 
-# ----------------------------------------------------------------------------------------- transformers versions
+# ------------------------------------------------------------------------------------- transformers versions
 # The one place that tells the supported transformers versions apart.
 
 CACHE_ARG = (
@@ -328,9 +328,9 @@ class SSAAttention(nn.Module):
             k, v = cache.update(k, v, self.layer_idx)  # [B, HKV, S, D]
             if k.shape[2] != k_pos.shape[1]:
                 raise ValueError(
-                    f"{type(cache).__name__} returned {k.shape[2]} keys for {k_pos.shape[1]} tokens: SSA attends "
-                    "to keys by position and needs a cache that keeps exactly the tokens seen (SSACache or "
-                    "DynamicCache), not a fixed-size one"
+                    f"{type(cache).__name__} returned {k.shape[2]} keys for {k_pos.shape[1]} tokens: SSA "
+                    "attends to keys by position and needs a cache that keeps exactly the tokens seen "
+                    "(SSACache or DynamicCache), not a fixed-size one"
                 )
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, T or S, heads, D]
         cfg, kbar = self.config, None
@@ -421,7 +421,8 @@ class SSAModel(SSAPreTrainedModel):
         cos, sin = self.rotary_emb(x, q_pos.clamp(min=0))
         for layer in self.layers:
             x = layer(x, cos, sin, q_pos, k_pos, offsets, cache, plain)
-        return with_cache(BaseModelOutputWithPast, cache if use_cache else None, last_hidden_state=self.norm(x))
+        x = self.norm(x)
+        return with_cache(BaseModelOutputWithPast, cache if use_cache else None, last_hidden_state=x)
 
 
 class SSAForCausalLM(SSAPreTrainedModel, GenerationMixin):
@@ -459,8 +460,8 @@ class SSAForCausalLM(SSAPreTrainedModel, GenerationMixin):
         logits_to_keep: int = 0,
         **kwargs,
     ) -> CausalLMOutputWithPast:
-        """Logits `[B, T or logits_to_keep, vocab]`; loss: next-token cross-entropy with `labels`. Arguments as
-        `SSAModel.forward`."""
+        """Logits `[B, T or logits_to_keep, vocab]`; loss: next-token cross-entropy with `labels`. Arguments
+        as `SSAModel.forward`."""
         out = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,

@@ -53,7 +53,8 @@ def test_greedy_generation_with_cache_equals_without(model, mode: str, batch: st
         mask = torch.cat([inputs["attention_mask"], torch.ones(len(inputs["input_ids"]), NEW_TOKENS)], 1)
         once = model(cached.sequences, attention_mask=mask.long(), use_cache=False).logits
     prompt_len = inputs["input_ids"].shape[1]
-    torch.testing.assert_close(torch.stack(cached.logits, 1), once[:, prompt_len - 1 : -1], rtol=1e-4, atol=1e-4)
+    steps = torch.stack(cached.logits, 1)  # [B, NEW_TOKENS, vocab]
+    torch.testing.assert_close(steps, once[:, prompt_len - 1 : -1], rtol=1e-4, atol=1e-4)
     assert cached.sequences.tolist() == uncached.sequences.tolist()
     cache = getattr(cached, modeling_ssa.CACHE_ARG)
     assert isinstance(cache, modeling_ssa.SSACache) and cache.get_seq_length() == prompt_len + NEW_TOKENS - 1
