@@ -100,3 +100,17 @@ def test_a_cache_that_does_not_grow_with_the_sequence_is_refused(model) -> None:
     cache = StaticCache(config=model.config, max_cache_len=32)
     with pytest.raises(ValueError, match="StaticCache"):
         model(torch.tensor([PROMPTS[1]]), **{modeling_ssa.CACHE_ARG: cache})
+
+
+def test_the_older_cache_name_is_accepted_once(model) -> None:
+    """Code written for older transformers passes `past_key_values`; the same cache twice is an error."""
+    model.config.inference_mode = "sparse"
+    ids = torch.tensor([PROMPTS[0]])
+    with torch.no_grad():
+        once = model(ids, use_cache=False).logits
+        cache = modeling_ssa.SSACache()
+        first = model(ids[:, :6], past_key_values=cache).logits
+        rest = model(ids[:, 6:], past_key_values=cache).logits
+        torch.testing.assert_close(torch.cat([first, rest], 1), once, rtol=1e-4, atol=1e-4)
+        with pytest.raises(ValueError, match="pass the cache once"):
+            model(ids, cache=cache, past_key_values=cache)
