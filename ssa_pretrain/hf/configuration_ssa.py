@@ -6,7 +6,8 @@ tied embeddings); SSA adds the sparse attention budget and a per-head sigmoid ou
 
 `inference_mode`, `block_size` and `block_count` may be changed at load time
 (`from_pretrained(dir, trust_remote_code=True, inference_mode="sparse", block_count=8)`) or later through
-`model.config`: every forward reads them.
+`model.config`: every forward reads them. Every assignment is checked (transformers sets load-time overrides
+after `__init__`), so a bad value fails there with the field named, not at the first forward.
 """
 
 from __future__ import annotations
@@ -16,13 +17,15 @@ from typing import ClassVar
 from transformers import PretrainedConfig
 
 INFERENCE_MODES = ("full", "sparse")
+POSITIVE_INTS = ("block_size", "block_count", "attention_chunk_size")
 
 
 class SSAConfig(PretrainedConfig):
     """A Llama-style decoder whose attention is full or block-sparse (SSA) at inference time."""
 
     model_type = "ssa"
-    keys_to_ignore_at_inference: ClassVar[list[str]] = ["past_key_values"]
+    # the cache output under its name in every supported transformers version (see modeling_ssa.CACHE_ARG)
+    keys_to_ignore_at_inference: ClassVar[list[str]] = ["cache", "past_key_values"]
 
     def __init__(
         self,
@@ -81,21 +84,19 @@ class SSAConfig(PretrainedConfig):
             tie_word_embeddings=tie_word_embeddings,
             **kwargs,
         )
-        self.check_ssa()
-
-    def check_ssa(self) -> None:
-        """Raise ValueError on an attention setting the model cannot run."""
-        if self.inference_mode not in INFERENCE_MODES:
-            raise ValueError(f"inference_mode must be one of {INFERENCE_MODES}, got {self.inference_mode!r}")
-        for name in ("block_size", "block_count", "attention_chunk_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if self.num_attention_heads % self.num_key_value_heads:
             raise ValueError(
                 f"num_key_value_heads={self.num_key_value_heads} must divide "
                 f"num_attention_heads={self.num_attention_heads}"
             )
+
+    def __setattr__(self, name: str, value) -> None:
+        """Refuse an attention setting the model cannot run: ValueError naming the field and its values."""
+        if name == "inference_mode" and value not in INFERENCE_MODES:
+            raise ValueError(f"inference_mode must be one of {INFERENCE_MODES}, got {value!r}")
+        if name in POSITIVE_INTS and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        super().__setattr__(name, value)
 
 
 __all__ = ["SSAConfig"]

@@ -11,14 +11,20 @@ gather the shards to TP=1 (column-parallel weights on dim 0, row-parallel on dim
 `max_shard_size`), config with `auto_map`, generation config, tokenizer and the modeling code into a
 temporary directory; load it back with `trust_remote_code=True` and compare its logits with the training
 model's (Megatron, TP=1) in both inference modes; only then rename it to OUT_DIR.
+
+The staging directory `.OUT_NAME.tmp-HOST-PID-XXXXXXXX` sits next to OUT_DIR (the same file system, so the
+rename is atomic) and names its owner: a later convert into the same OUT_DIR removes the ones whose process
+is gone (a killed run), and leaves those of a live process or another host. The export gets the user's umask.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import secrets
 import shutil
-import tempfile
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -361,6 +367,7 @@ def convert(
     Returns a summary (checkpoint, step, max logit differences). `out_dir` appears complete or not at all.
     """
     out_dir = Path(out_dir)
+    clean_stale_staging(out_dir)
     if out_dir.exists() and not overwrite:
         raise ConversionError(f"{out_dir} exists; pass --overwrite to replace it or choose another OUT_DIR")
     ckpt, run_dir = resolve_checkpoint(source)
@@ -378,7 +385,8 @@ def convert(
     hf_state = to_hf_state_dict(state, cfg, vocab_size)
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    tmp = staging_path(out_dir, "tmp")
+    tmp.mkdir()
     try:
         write_export(hf_state, hf_config(cfg, vocab_size, dtype), run_dir / "tokenizer", tmp, max_shard_size)
         (tmp / "ssa_export.json").write_text(
@@ -392,6 +400,7 @@ def convert(
             )
         )
         diffs = verify(tmp, state, cfg, vocab_size)
+        apply_umask(tmp)
         _replace(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -399,11 +408,59 @@ def convert(
     return {"checkpoint": ckpt, "step": meta.get("step"), "max_logit_diff": diffs}
 
 
+def staging_path(out_dir: Path, kind: str) -> Path:
+    """`.OUT_NAME.KIND-HOST-PID-XXXXXXXX` next to `out_dir`: this process's staging (`tmp`) or replaced
+    (`old`) export."""
+    owner = f"{socket.gethostname()}-{os.getpid()}"
+    return out_dir.with_name(f".{out_dir.name}.{kind}-{owner}-{secrets.token_hex(4)}")
+
+
+def apply_umask(root: Path) -> None:
+    """Give `root` and everything in it the modes a new directory or file gets under the user's umask (copied
+    files, such as the modeling code, would keep their source's mode)."""
+    umask = os.umask(0o077)  # reading the umask means setting it; put it back at once
+    os.umask(umask)
+    for path in [root, *root.rglob("*")]:
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def clean_stale_staging(out_dir: Path) -> None:
+    """Tidy up after converts into `out_dir` that died (killed, out of memory): their staging directories go;
+    an export a killed `--overwrite` had moved aside is put back when `out_dir` is missing (the rename of the
+    new export had not happened), else removed. Directories of a live process, or of another host (whose
+    processes cannot be seen from here), are left and named."""
+    if not out_dir.parent.is_dir():
+        return
+    pattern = re.compile(rf"\.{re.escape(out_dir.name)}\.(tmp|old)-(.+)-(\d+)-[0-9a-f]{{8}}")
+    host = socket.gethostname()
+    found = [(m, p) for p in out_dir.parent.iterdir() if (m := pattern.fullmatch(p.name))]
+    for match, path in sorted(found, key=lambda item: item[0][1] == "tmp"):  # a moved-aside export first
+        kind, owner, pid = match[1], match[2], int(match[3])
+        if owner != host or _process_alive(pid):
+            print(f"note: {path} belongs to a convert on {owner} (pid {pid}) that may still run; left alone")
+        elif kind == "old" and not out_dir.exists():
+            os.replace(path, out_dir)
+            print(f"restored {out_dir} from {path.name} (an interrupted --overwrite had moved it aside)")
+        else:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+            print(f"removed {path.name} (left by an interrupted convert, pid {pid})")
+
+
 def _replace(tmp: Path, out_dir: Path) -> None:
     """Move the finished export to `out_dir`; an existing `out_dir` (--overwrite) goes only afterwards."""
     old = None
     if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+        old = staging_path(out_dir, "old")
         os.replace(out_dir, old)
     os.replace(tmp, out_dir)
     if old is not None:

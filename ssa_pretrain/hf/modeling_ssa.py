@@ -21,18 +21,21 @@ cached keys), and the block means of complete blocks are kept in the cache (`SSA
 step scores only the new token. The converter checks this code against the training model; the tests check
 it against `ssa_kernels`' reference.
 
-Positions follow `attention_mask`: a row's first unmasked token is position 0 (left padding), and the
-mask must mark one contiguous run of tokens per row. `position_ids` is accepted for API compatibility and
-not used.
+Positions follow `attention_mask` and the cache: a row's first unmasked token is position 0 (left padding),
+the mask is 2-D over the cached and the new tokens (as `generate` passes it at every decoding step; without a
+mask no row is padded), and it must mark one contiguous run of tokens per row. The new tokens follow the
+`cache.get_seq_length()` cached ones, so neither `cache_position` (which transformers no longer passes) nor
+`position_ids` (accepted for API compatibility) is used.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+import dataclasses
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
-from transformers import DynamicCache, GenerationMixin, PreTrainedModel
+from transformers import Cache, DynamicCache, GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.models.llama.modeling_llama import (
     LlamaMLP,
@@ -48,6 +51,31 @@ try:  # the fused kernels, when the training package is installed next to the ex
     from ssa_kernels.backends import use_triton
 except ImportError:
     ssa_kernels = None
+
+# ------------------------------------------------------------------------------------- transformers versions
+# The one place that tells the supported transformers versions apart.
+
+CACHE_ARG = (
+    "cache" if "cache" in {f.name for f in dataclasses.fields(BaseModelOutputWithPast)} else "past_key_values"
+)
+"""The KV cache's name as a `forward` argument, an output field and a `generate` input: `cache` in newer
+transformers, `past_key_values` in older ones (newer ones still accept it, with a deprecation warning)."""
+
+
+def cache_argument(cache: Cache | None, kwargs: dict[str, Any]) -> Cache | None:
+    """The cache `forward` was given, under either name (the older one arrives in `kwargs` and is removed)."""
+    old = kwargs.pop("past_key_values", None)
+    if old is None:
+        return cache
+    if cache is not None:
+        raise ValueError("pass the cache once, as `cache` or as `past_key_values`")
+    return old
+
+
+def with_cache(output_class: type, cache: Cache | None, **fields):
+    """`output_class(**fields)` with the cache under the installed transformers' field name."""
+    return output_class(**fields, **{CACHE_ARG: cache})
+
 
 # ----------------------------------------------------------------------------------------- SSA attention
 
@@ -241,8 +269,8 @@ class SSACache(DynamicCache):
         super().reorder_cache(beam_idx)
         self.block_means.clear()
 
-    def crop(self, max_length: int):
-        super().crop(max_length)
+    def crop(self, tokens_to_remove: int):
+        super().crop(tokens_to_remove)
         self.block_means.clear()
 
     def batch_repeat_interleave(self, repeats: int):
@@ -286,7 +314,7 @@ class SSAAttention(nn.Module):
         q_pos: torch.Tensor,
         k_pos: torch.Tensor,
         offsets: torch.Tensor,
-        cache: DynamicCache | None,
+        cache: Cache | None,
         plain: bool,
     ) -> torch.Tensor:
         """x `[B, T, hidden]` (normed), RoPE `cos/sin [B, T, D]`, positions `q_pos [B, T]`, `k_pos [B, S]`;
@@ -298,6 +326,12 @@ class SSAAttention(nn.Module):
         q, k = apply_rotary_pos_emb(q, k, cos, sin)
         if cache is not None:
             k, v = cache.update(k, v, self.layer_idx)  # [B, HKV, S, D]
+            if k.shape[2] != k_pos.shape[1]:
+                raise ValueError(
+                    f"{type(cache).__name__} returned {k.shape[2]} keys for {k_pos.shape[1]} tokens: SSA "
+                    "attends to keys by position and needs a cache that keeps exactly the tokens seen "
+                    "(SSACache or DynamicCache), not a fixed-size one"
+                )
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, T or S, heads, D]
         cfg, kbar = self.config, None
         if cfg.inference_mode == "sparse":
@@ -364,20 +398,21 @@ class SSAModel(SSAPreTrainedModel):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: DynamicCache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
-        """input_ids `[B, T]` (or inputs_embeds `[B, T, hidden]`), attention_mask `[B, past + T]`."""
+        """input_ids `[B, T]` (or inputs_embeds `[B, T, hidden]`), attention_mask `[B, past + T]`; the cache
+        (`cache`, or `past_key_values` as older transformers name it) is extended in place."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
-        self.config.check_ssa()
+        cache = cache_argument(cache, kwargs)
         x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         use_cache = self.config.use_cache if use_cache is None else use_cache
-        if use_cache and past_key_values is None:
-            past_key_values = SSACache()
-        past = past_key_values.get_seq_length() if past_key_values is not None else 0
+        if use_cache and cache is None:
+            cache = SSACache()
+        past = cache.get_seq_length() if cache is not None else 0
         batch, length = x.shape[:2]
         offsets = padding_offsets(attention_mask, batch, past + length, x.device)
         k_pos = torch.arange(past + length, device=x.device)[None] - offsets[:, None]  # [B, S]
@@ -385,10 +420,9 @@ class SSAModel(SSAPreTrainedModel):
         plain = past == 0 and not bool(offsets.any())  # a prefill without padding: once, not per layer
         cos, sin = self.rotary_emb(x, q_pos.clamp(min=0))
         for layer in self.layers:
-            x = layer(x, cos, sin, q_pos, k_pos, offsets, past_key_values, plain)
-        return BaseModelOutputWithPast(
-            last_hidden_state=self.norm(x), past_key_values=past_key_values if use_cache else None
-        )
+            x = layer(x, cos, sin, q_pos, k_pos, offsets, cache, plain)
+        x = self.norm(x)
+        return with_cache(BaseModelOutputWithPast, cache if use_cache else None, last_hidden_state=x)
 
 
 class SSAForCausalLM(SSAPreTrainedModel, GenerationMixin):
@@ -419,18 +453,19 @@ class SSAForCausalLM(SSAPreTrainedModel, GenerationMixin):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: DynamicCache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int = 0,
         **kwargs,
     ) -> CausalLMOutputWithPast:
-        """Logits `[B, T or logits_to_keep, vocab]`; loss: next-token cross-entropy with `labels`."""
+        """Logits `[B, T or logits_to_keep, vocab]`; loss: next-token cross-entropy with `labels`. Arguments
+        as `SSAModel.forward`."""
         out = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
-            past_key_values=past_key_values,
+            cache=cache_argument(cache, kwargs),
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
         )
@@ -443,7 +478,7 @@ class SSAForCausalLM(SSAPreTrainedModel, GenerationMixin):
             loss = self.loss_function(
                 logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs
             )
-        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=out.past_key_values)
+        return with_cache(CausalLMOutputWithPast, getattr(out, CACHE_ARG), loss=loss, logits=logits)
 
 
 __all__ = ["SSACache", "SSAForCausalLM", "SSAModel", "SSAPreTrainedModel"]

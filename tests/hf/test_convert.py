@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import socket
+import stat
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 import sentencepiece as spm
@@ -235,3 +239,64 @@ def test_existing_out_dir_is_refused(runs, tmp_path):
     proc = ssa_convert(runs["tp1"], tmp_path / "hf")
     assert proc.returncode == 2 and "--overwrite" in proc.stderr
     assert [p.name for p in (tmp_path / "hf").iterdir()] == ["keep.txt"]
+
+
+def test_a_killed_convert_is_cleaned_up_by_the_next_which_publishes_with_the_umask(runs, tmp_path):
+    """`kill -9` while the export is staged leaves its staging directory; the next convert into the same
+    OUT_DIR removes it, and the export's directory and files get the user's umask (here 027), not 0700."""
+    out = tmp_path / "exports/hf"
+    command = [sys.executable, "-m", "ssa_pretrain.cli", "convert", str(runs["tp1"]), str(out)]
+    proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not (out.parent.is_dir() and any(out.parent.iterdir())):
+        assert proc.poll() is None and time.monotonic() < deadline, "convert ended before staging its export"
+        time.sleep(0.02)
+    proc.kill()
+    proc.wait()
+    (staged,) = out.parent.iterdir()
+    assert staged.name.startswith(".hf.tmp-")  # what the kill left
+
+    umask = os.umask(0o027)
+    try:
+        again = ssa_convert(runs["tp1"], out)
+    finally:
+        os.umask(umask)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"removed {staged.name}" in again.stdout
+    assert [p.name for p in out.parent.iterdir()] == ["hf"]
+    assert stat.S_IMODE(out.stat().st_mode) == 0o750
+    assert {stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()} == {0o640}
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_stale_staging_of_dead_processes_goes_and_the_rest_stays(tmp_path, capsys):
+    from ssa_pretrain.hf.convert import clean_stale_staging
+
+    out, host, dead = tmp_path / "hf", socket.gethostname(), _dead_pid()
+    names = {
+        "dead": f".hf.tmp-{host}-{dead}-0123abcd",
+        "alive": f".hf.tmp-{host}-{os.getpid()}-0123abcd",  # a convert still running
+        "elsewhere": f".hf.tmp-other-node-{dead}-0123abcd",  # another host's processes are not visible
+        "moved aside": f".hf.old-{host}-{dead}-0123abcd",  # killed between --overwrite's two renames
+        "other export": f".hf2.tmp-{host}-{dead}-0123abcd",
+    }
+    for name in names.values():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(name)
+    clean_stale_staging(out)
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == sorted(["hf", names["alive"], names["elsewhere"], names["other export"]])
+    assert (out / "config.json").read_text() == names["moved aside"]  # the previous export is back
+    printed = capsys.readouterr().out
+    assert f"removed {names['dead']}" in printed and f"restored {out}" in printed
+    assert "other-node (pid" in printed and "left alone" in printed
+
+    (tmp_path / names["moved aside"]).mkdir()  # killed after the new export was in place: the old one goes
+    clean_stale_staging(out)
+    assert not (tmp_path / names["moved aside"]).exists()
+    assert (out / "config.json").read_text() == names["moved aside"]
