@@ -509,7 +509,7 @@ def print_row(r: dict) -> None:
     )
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -530,8 +530,11 @@ def main() -> None:
         "--out", type=Path, help="append the JSON lines here (e.g. docs/perf/bench_train.jsonl)"
     )
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.recompute=selective")
-    args = parser.parse_args()
+    return parser.parse_args(argv)
 
+
+def main() -> None:
+    args = parse_args()
     init_distributed()
     cpu_shims.install()
     cpu_shims.seed_model_parallel_rng(0)
