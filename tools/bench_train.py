@@ -425,24 +425,48 @@ def measure_shape(
         "oom": False,
     }
     if args.split:
-        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-        start = time.perf_counter()
-        with profile_ranges(engine.module), profile(activities=activities) as prof:
-            train_step(engine, cfg, args.warmup + args.steps, batches[0])
-            if cuda:
-                torch.cuda.synchronize()
-        row["profiled_step_ms"] = round((time.perf_counter() - start) * 1e3, 3)
-        row.update(step_split(list(prof.events()), cuda))
+        with _optional(row, "split"):
+            row.update(profiled_split(engine, cfg, args.warmup + args.steps, batches[0]))
     if args.memory:
-        modes_run = ("full", "sparse") if variant == "ssa" else (modes[0],)
-        row["memory"] = {}
-        for mode in modes_run:
-            set_attention_mode(engine.module, mode)  # nothing to set in the anchor
-            row["memory"][mode] = saved_for_backward(
-                engine.module,
-                lambda: engine(batches[0][:, :-1], None, None, labels=batches[0][:, 1:]).float().mean(),
-            )
+        with _optional(row, "memory"):
+            row["memory"] = {
+                mode: memory_report(engine, mode, batches[0])
+                for mode in (("full", "sparse") if variant == "ssa" else modes[:1])
+            }
     return row
+
+
+@contextlib.contextmanager
+def _optional(row: dict[str, Any], what: str) -> Iterator[None]:
+    """A failing split or memory report (even out of memory) leaves the measured throughput in the line."""
+    try:
+        yield
+    except Exception as error:  # any failure is reported in the line
+        row[f"{what}_error"] = f"{type(error).__name__}: {error}"[:300]
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def profiled_split(engine: Any, cfg: Config, step: int, batch: torch.Tensor) -> dict[str, Any]:
+    """One more training step under `torch.profiler`: its `step_split` and wall time (profiler included)."""
+    cuda = torch.cuda.is_available()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    start = time.perf_counter()
+    with profile_ranges(engine.module), profile(activities=activities) as prof:
+        train_step(engine, cfg, step, batch)
+        if cuda:
+            torch.cuda.synchronize()
+    wall_ms = (time.perf_counter() - start) * 1e3
+    return {"profiled_step_ms": round(wall_ms, 3), **step_split(list(prof.events()), cuda)}
+
+
+def memory_report(engine: Any, mode: str, batch: torch.Tensor) -> dict[str, Any]:
+    """`saved_for_backward` of one training forward in `mode` (nothing to set in the anchor)."""
+    set_attention_mode(engine.module, mode)
+    return saved_for_backward(
+        engine.module, lambda: engine(batch[:, :-1], None, None, labels=batch[:, 1:]).float().mean()
+    )
 
 
 def shapes(args: argparse.Namespace) -> list[tuple[int, int]]:
@@ -465,15 +489,17 @@ def run_variant(args: argparse.Namespace, variant: str, common: dict, emit: Call
     AttachAuxLoss.set_grad_scale(1.0)
     failed_at = None
     try:
-        for seq_len, micro_batch in shapes(args):
+        for seq_len, micro_batch in shapes(args)[:: -1 if args.longest else 1]:
             base = {**common, "variant": variant, "seq_len": seq_len, "micro_batch": micro_batch}
-            if failed_at is not None and seq_len * micro_batch >= failed_at:
+            if failed_at is not None and seq_len * micro_batch >= failed_at and not args.longest:
                 emit({**base, "oom": True, "skipped": True})
                 continue
             cfg = bench_config(args, variant, seq_len, micro_batch)
             try:
                 row = measure_shape(engine, cfg, num_params, args.vocab_size, args, variant)
                 emit({**common, **row, "mem_before_build_gib": before})
+                if args.longest:
+                    break
             except torch.OutOfMemoryError as error:
                 failed_at = seq_len * micro_batch
                 with contextlib.suppress(Exception):
@@ -526,6 +552,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--split", action="store_true", help="profile one more step: time per part")
     parser.add_argument("--memory", action="store_true", help="report what each layer saves for backward")
+    parser.add_argument(
+        "--longest",
+        action="store_true",
+        help="shapes from the most tokens down; stop at the first that trains",
+    )
     parser.add_argument(
         "--out", type=Path, help="append the JSON lines here (e.g. docs/perf/bench_train.jsonl)"
     )

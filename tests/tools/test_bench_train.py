@@ -65,3 +65,10 @@ def test_every_engine_is_freed(bench_train):
     before = models()
     bench_train.run_variant(bench_train.parse_args(TINY), "full", {}, lambda row: None)
     assert models() == before
+
+
+def test_longest_stops_at_the_first_shape_that_trains(bench_train):
+    rows: list[dict] = []
+    args = bench_train.parse_args([*TINY, "--seq-len", "32", "64", "--longest"])
+    bench_train.run_variant(args, "sparse", {}, rows.append)
+    assert [(r["seq_len"], r["oom"]) for r in rows] == [(64, False)]
