@@ -185,13 +185,14 @@ def _is_backward_node(name: str) -> bool:
     return "Backward" in name and not name.startswith("aten::")
 
 
-def _context(event: Any, forward_ctx: dict[int, list[str]]) -> list[str]:
-    """Names around `event`, innermost first; a backward node brings the names around its forward op."""
+def _context(event: Any, forward_ctx: dict[tuple[int, int], list[str]]) -> list[str]:
+    """Names around `event`, innermost first; a backward node brings the names around its forward op
+    (sequence numbers count per thread: the key is (forward thread, sequence number))."""
     names, node = [], event
     while node is not None:
         names.append(node.name)
         if _is_backward_node(node.name) and node.sequence_nr >= 0:
-            names += forward_ctx.get(node.sequence_nr, [])
+            names += forward_ctx.get((node.fwd_thread, node.sequence_nr), [])
         node = node.cpu_parent
     return names
 
@@ -217,24 +218,24 @@ def step_split(events: list[Any], cuda: bool) -> dict[str, Any]:
     backward node (`XBackward…`, same `sequence_nr` as the forward op that made it) by the ranges around that
     forward op.
     """
-    forward_ctx: dict[int, list[str]] = {}
+    forward_ctx: dict[tuple[int, int], list[str]] = {}
     for e in events:  # time order: the outermost forward op with a sequence number comes first
         if e.device_type == DeviceType.CPU and e.sequence_nr >= 0 and not _is_backward_node(e.name):
             names = _context(e, {})
             if not any(_is_backward_node(n) for n in names):
-                forward_ctx.setdefault(e.sequence_nr, names)
+                forward_ctx.setdefault((e.thread, e.sequence_nr), names)
     split = dict.fromkeys(PARTS, 0.0)
     linked: dict[str, float] = defaultdict(float)  # kernel name -> device time attributed through its op
     for e in events:
         if e.device_type != DeviceType.CPU:
             continue
-        names = _context(e, forward_ctx) if (e.kernels if cuda else True) else []
-        if cuda:
+        if not cuda:
+            split[_part(_context(e, forward_ctx), "")] += e.self_cpu_time_total / 1e3
+        elif e.kernels:
+            names = _context(e, forward_ctx)
             for k in e.kernels:
                 split[_part(names, k.name)] += k.duration / 1e3
                 linked[k.name] += k.duration / 1e3
-        else:
-            split[_part(names, "")] += e.self_cpu_time_total / 1e3
     busy = None
     if cuda:  # device work the profiler linked to no op: by kernel name (memcpy, memset, ... are `other`)
         ranges = {e.name for e in events if e.device_type == DeviceType.CPU}  # their device-side copies

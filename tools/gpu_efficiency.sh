@@ -9,8 +9,8 @@
 #     cut by its timeout, the first ones matter most), with --split --memory;
 # (b) ~40M at 2,048 tokens (8 layers x 512, 8 q / 2 kv heads, FFN 1536, 32K vocabulary: 40.6M parameters),
 #     micro-batch 32: full, sparse, ssa, with --split --memory;
-# (c) the longest sequence that trains: 1B ssa with train.recompute=full at 16K, 32K, 64K (micro-batch 1),
-#     with whatever time is left.
+# (c) the longest sequence that trains: 1B ssa with train.recompute=full, trying 128K, 64K, 32K, 16K in turn
+#     (micro-batch 1) until one fits, with whatever time is left.
 # Each part runs under `timeout`, capped so that the parts after it keep their share of BUDGET (default
 # 290 s from the start of this script, setup included); a part with less than 25 s is skipped and said so.
 # OUT/summary.txt: what ran, how long, how it ended, and the table. Exit status 0 when nothing failed.
@@ -67,9 +67,9 @@ part 40m_2k 60 30 "${BENCH[@]}" --variants full sparse ssa --seq-len 2048 --micr
     --warmup 2 --steps 5 --split --memory model.num_layers=8 model.hidden_size=512 \
     model.num_attention_heads=8 model.num_kv_heads=2 model.ffn_hidden_size=1536
 
-# (c) the longest sequence for ssa with full recomputation (stops at the first that does not fit)
-part seq_sweep 120 0 "${BENCH[@]}" --variants ssa --seq-len 16384 32768 65536 --micro-batch 1 --warmup 1 \
-    --steps 2 train.recompute=full
+# (c) the longest sequence for ssa with full recomputation: from 128K down, stops at the first that fits
+part seq_sweep 120 0 "${BENCH[@]}" --variants ssa --seq-len 16384 32768 65536 131072 --longest \
+    --micro-batch 1 --warmup 1 --steps 2 train.recompute=full
 
 {
     echo "================================ summary (${SECONDS}s of ${BUDGET}s)"
