@@ -34,7 +34,8 @@ measured (an out-of-memory shape gives a line with `"oom": true` and the run goe
     python tools/bench_train.py                                   # 1b, 8192 tokens, micro-batch 1
     python tools/bench_train.py --variants anchor full sparse ssa --micro-batch 1 2 --split --memory \\
         --out docs/perf/bench_train.jsonl
-    python tools/bench_train.py --variants ssa --seq-len 16384 32768 65536 train.recompute=full
+    python tools/bench_train.py --variants ssa --seq-len 131072 65536 32768 --longest train.recompute=full
+    python tools/bench_train.py --variants full ssa --micro-batch 2 --cross-entropy fused   # a lever
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ from ssa_pretrain.distributed import init_distributed, shutdown
 from ssa_pretrain.metrics import flops_per_token, peak_flops
 from ssa_pretrain.model.alignment import AttachAuxLoss
 from ssa_pretrain.model.gpt import build_model, set_attention_mode
+from ssa_pretrain.model.head import use_fused_cross_entropy
 from ssa_pretrain.model.modes import choose_mode
 from ssa_pretrain.trainer import build_engine
 
@@ -166,7 +168,7 @@ def profile_ranges(model: torch.nn.Module) -> Iterator[None]:
         )
         if label:
             handles += [module.register_forward_pre_hook(enter(label)), module.register_forward_hook(leave)]
-    loss_fn = model.compute_language_model_loss
+    loss_fn, patched = model.compute_language_model_loss, "compute_language_model_loss" in vars(model)
 
     def loss_in_range(*args, **kwargs):
         with record_function("bench.logits_ce"):
@@ -176,7 +178,10 @@ def profile_ranges(model: torch.nn.Module) -> Iterator[None]:
     try:
         yield
     finally:
-        del model.compute_language_model_loss  # the class's method again
+        if patched:  # e.g. by use_fused_cross_entropy
+            model.compute_language_model_loss = loss_fn
+        else:
+            del model.compute_language_model_loss  # the class's method again
         for handle in handles:
             handle.remove()
 
@@ -486,6 +491,10 @@ def run_variant(args: argparse.Namespace, variant: str, common: dict, emit: Call
     spec = anchor_block_spec(cfg.model.num_layers) if variant == "anchor" else None
     model = build_model(cfg, args.vocab_size, block_spec=spec)
     num_params = sum(p.numel() for p in model.parameters())
+    if args.cross_entropy == "fused":
+        use_fused_cross_entropy(model)
+    elif args.cross_entropy == "megatron_fused":  # read at every loss: setting it after the build is enough
+        model.config.cross_entropy_loss_fusion, model.config.cross_entropy_fusion_impl = True, "native"
     engine = build_engine(cfg, model, dp=1, bf16=torch.cuda.is_available())
     AttachAuxLoss.set_grad_scale(1.0)
     failed_at = None
@@ -498,7 +507,7 @@ def run_variant(args: argparse.Namespace, variant: str, common: dict, emit: Call
             cfg = bench_config(args, variant, seq_len, micro_batch)
             try:
                 row = measure_shape(engine, cfg, num_params, args.vocab_size, args, variant)
-                emit({**common, **row, "mem_before_build_gib": before})
+                emit({**common, **row, "cross_entropy": args.cross_entropy, "mem_before_build_gib": before})
                 if args.longest:
                     break
             except torch.OutOfMemoryError as error:
@@ -553,6 +562,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--split", action="store_true", help="profile one more step: time per part")
     parser.add_argument("--memory", action="store_true", help="report what each layer saves for backward")
+    parser.add_argument(
+        "--cross-entropy",
+        choices=["megatron", "megatron_fused", "fused"],
+        default="megatron",
+        help="the loss: Megatron's logits + cross-entropy, the same with its native fusion, or "
+        "ssa_pretrain.model.head's fused linear cross-entropy (Liger's kernel when installed)",
+    )
     parser.add_argument(
         "--longest",
         action="store_true",

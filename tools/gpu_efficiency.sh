@@ -10,7 +10,9 @@
 # (b) ~40M at 2,048 tokens (8 layers x 512, 8 q / 2 kv heads, FFN 1536, 32K vocabulary: 40.6M parameters),
 #     micro-batch 32: full, sparse, ssa, with --split --memory;
 # (c) the longest sequence that trains: 1B ssa with train.recompute=full, trying 128K, 64K, 32K, 16K in turn
-#     (micro-batch 1) until one fits, with whatever time is left.
+#     (micro-batch 1) until one fits, with whatever time is left;
+# (d) if time is still left, a lever: full and ssa at micro-batch 2 with --cross-entropy fused (Liger's fused
+#     linear cross-entropy when its wheel is in .whl, else the chunked PyTorch path).
 # Each part runs under `timeout`, capped so that the parts after it keep their share of BUDGET (default
 # 290 s from the start of this script, setup included); a part with less than 25 s is skipped and said so.
 # OUT/summary.txt: what ran, how long, how it ended, and the table. Exit status 0 when nothing failed.
@@ -70,6 +72,9 @@ part 40m_2k 60 30 "${BENCH[@]}" --variants full sparse ssa --seq-len 2048 --micr
 # (c) the longest sequence for ssa with full recomputation: from 128K down, stops at the first that fits
 part seq_sweep 120 0 "${BENCH[@]}" --variants ssa --seq-len 16384 32768 65536 131072 --longest \
     --micro-batch 1 --warmup 1 --steps 2 train.recompute=full
+
+# (d) the fused linear cross-entropy (no [tokens, vocab] logits kept), if time is left
+part fused_ce 70 0 "${BENCH[@]}" --variants full ssa --micro-batch 2 --warmup 2 --steps 4 --cross-entropy fused
 
 {
     echo "================================ summary (${SECONDS}s of ${BUDGET}s)"
