@@ -9,7 +9,7 @@
 #     cut by its timeout, the first ones matter most), with --split --memory;
 # (b) ~40M at 2,048 tokens (8 layers x 512, 8 q / 2 kv heads, FFN 1536, 32K vocabulary: 40.6M parameters),
 #     micro-batch 32: full, sparse, ssa, with --split --memory;
-# (c) the longest sequence that trains: 1B ssa with train.recompute=full, trying 128K, 64K, 32K, 16K in turn
+# (c) the longest sequence that trains: 1B ssa with train.recompute=full, trying 64K, 32K, 16K in turn
 #     (micro-batch 1) until one fits, with whatever time is left;
 # (d) if time is still left, a lever: full and ssa at micro-batch 2 with --cross-entropy fused (Liger's fused
 #     linear cross-entropy when its wheel is in .whl, else the chunked PyTorch path).
@@ -61,7 +61,7 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-8} PYTORCH_CUDA_ALLOC_CONF=expandable_
 BENCH=(python3 tools/bench_train.py --out "$JSONL")
 
 # (a) 1B, 8K: every variant, micro-batch 1 and 2
-part 1b_8k 175 85 "${BENCH[@]}" --variants ssa full anchor sparse --micro-batch 1 2 --warmup 2 --steps 5 \
+part 1b_8k 175 85 "${BENCH[@]}" --variants ssa full anchor sparse --micro-batch 1 2 --warmup 2 --steps 4 \
     --split --memory
 
 # (b) ~40M, 2K, micro-batch 32 (the ablation scale)
@@ -69,8 +69,8 @@ part 40m_2k 60 30 "${BENCH[@]}" --variants full sparse ssa --seq-len 2048 --micr
     --warmup 2 --steps 5 --split --memory model.num_layers=8 model.hidden_size=512 \
     model.num_attention_heads=8 model.num_kv_heads=2 model.ffn_hidden_size=1536
 
-# (c) the longest sequence for ssa with full recomputation: from 128K down, stops at the first that fits
-part seq_sweep 120 0 "${BENCH[@]}" --variants ssa --seq-len 16384 32768 65536 131072 --longest \
+# (c) the longest sequence for ssa with full recomputation: from 64K down, stops at the first that fits
+part seq_sweep 120 0 "${BENCH[@]}" --variants ssa --seq-len 16384 32768 65536 --longest \
     --micro-batch 1 --warmup 1 --steps 2 train.recompute=full
 
 # (d) the fused linear cross-entropy (no [tokens, vocab] logits kept), if time is left
