@@ -360,20 +360,23 @@ def _allocated_gib() -> float | None:
     return torch.cuda.memory_allocated() / GIB if torch.cuda.is_available() else None
 
 
-def train_step(engine: Any, cfg: Config, step: int, tokens: torch.Tensor) -> None:
-    """One optimizer step of one micro-batch, the mode drawn as in training (host-side: no sync)."""
+def train_step(engine: Any, cfg: Config, step: int, tokens: torch.Tensor) -> torch.Tensor:
+    """One optimizer step of one micro-batch, the mode drawn as in training (host-side: no sync); its loss."""
     set_attention_mode(engine.module, choose_mode(cfg.ssa, cfg.train.seed, step, 0, 1))
     loss = engine(tokens[:, :-1], None, None, labels=tokens[:, 1:]).float().mean()
     engine.backward(loss)
     with record_function("bench.optimizer"):
         engine.step()
+    return loss.detach()
 
 
-def timed(engine: Any, cfg: Config, batches: list[torch.Tensor], warmup: int, steps: int) -> list[float]:
-    """Per-step milliseconds of `steps` steps run back to back after `warmup` steps."""
+def timed(
+    engine: Any, cfg: Config, batches: list[torch.Tensor], warmup: int, steps: int
+) -> tuple[list[float], list[float]]:
+    """Per-step milliseconds of `steps` steps run back to back after `warmup` steps, and every step's loss
+    (read after the last step: no host synchronisation in between)."""
     cuda = torch.cuda.is_available()
-    for step in range(warmup):
-        train_step(engine, cfg, step, batches[step % len(batches)])
+    losses = [train_step(engine, cfg, step, batches[step % len(batches)]) for step in range(warmup)]
     marks = []
     if cuda:
         torch.cuda.synchronize()
@@ -384,11 +387,13 @@ def timed(engine: Any, cfg: Config, batches: list[torch.Tensor], warmup: int, st
         else:
             marks.append(time.perf_counter())
         if step < warmup + steps:
-            train_step(engine, cfg, step, batches[step % len(batches)])
+            losses.append(train_step(engine, cfg, step, batches[step % len(batches)]))
     if cuda:
         torch.cuda.synchronize()
-        return [a.elapsed_time(b) for a, b in itertools.pairwise(marks)]
-    return [(b - a) * 1e3 for a, b in itertools.pairwise(marks)]
+        times = [a.elapsed_time(b) for a, b in itertools.pairwise(marks)]
+    else:
+        times = [(b - a) * 1e3 for a, b in itertools.pairwise(marks)]
+    return times, [round(float(x), 4) for x in losses]
 
 
 def measure_shape(
@@ -404,7 +409,7 @@ def measure_shape(
     ]
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    times = timed(engine, cfg, batches, args.warmup, args.steps)
+    times, losses = timed(engine, cfg, batches, args.warmup, args.steps)
     step_ms = sum(times) / len(times)
     tokens_per_s = micro_batch * seq_len / (step_ms / 1e3)
     peak = peak_flops(device)
@@ -425,6 +430,7 @@ def measure_shape(
         "peak_mem_gib": round(torch.cuda.max_memory_allocated() / GIB, 3) if cuda else None,
         "mem_state_gib": _allocated_gib(),
         "full_steps": modes.count("full"),
+        "losses": losses,  # warm-up and timed steps: finite, ~ln(vocab) at initialisation
         "block_size": cfg.ssa.block_size,
         "block_count": cfg.ssa.block_count,
         "recompute": cfg.train.recompute,

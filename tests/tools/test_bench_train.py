@@ -33,6 +33,7 @@ def test_anchor_beside_ssa_with_split_and_memory(bench_train):
     assert ssa["params"] - anchor["params"] == 4 * 128 * 4  # the anchor has no per-head gate
     for row in rows:
         assert row["step_ms"] > 0 and row["tokens_per_s"] > 0 and not row["oom"]
+        assert len(row["losses"]) == 3 and all(4.0 < x < 8.0 for x in row["losses"])  # ~ln(320) = 5.77
         assert set(row["split_ms"]) == set(bench_train.PARTS)
         assert sum(row["split_ms"].values()) > 0
         assert row["split_ms"]["gemm"] > 0 and row["split_ms"]["optimizer"] > 0
