@@ -8,6 +8,7 @@ import importlib
 
 import pytest
 from megatron.core.models.gpt import GPTModel
+from torch.optim import Optimizer
 
 from tests.helpers import REPO
 
@@ -59,13 +60,14 @@ def test_every_engine_is_freed(bench_train):
     """DeepSpeed's hooks keep a model and its optimizer alive after `del` + `gc.collect()` unless the engine
     is destroyed; a leaked engine would count in the next variant's memory."""
 
-    def models() -> int:
+    def alive() -> tuple[int, int]:
         gc.collect()
-        return sum(isinstance(o, GPTModel) for o in gc.get_objects())
+        objects = gc.get_objects()
+        return sum(isinstance(o, GPTModel) for o in objects), sum(isinstance(o, Optimizer) for o in objects)
 
-    before = models()
+    before = alive()
     bench_train.run_variant(bench_train.parse_args(TINY), "full", {}, lambda row: None)
-    assert models() == before
+    assert alive() == before
 
 
 def test_longest_stops_at_the_first_shape_that_trains(bench_train):
