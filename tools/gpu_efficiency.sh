@@ -12,7 +12,8 @@
 # (c) the longest sequence that trains: 1B ssa with train.recompute=full, trying 64K, 32K, 16K in turn
 #     (micro-batch 1) until one fits, with whatever time is left;
 # (d) if time is still left, a lever: full and ssa at micro-batch 2 with --cross-entropy fused (Liger's fused
-#     linear cross-entropy when its wheel is in .whl, else the chunked PyTorch path).
+#     linear cross-entropy when its wheel is in .whl — `pip download --no-deps liger-kernel==0.8.5 -d .whl`,
+#     pure Python, needs only torch, triton, packaging — else the chunked PyTorch path).
 # Each part runs under `timeout`, capped so that the parts after it keep their share of BUDGET (default
 # 290 s from the start of this script, setup included); a part with less than 25 s is skipped and said so.
 # OUT/summary.txt: what ran, how long, how it ended, and the table. Exit status 0 when nothing failed.

@@ -49,8 +49,11 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: tor
     flat, target = hidden.reshape(-1, hidden.shape[-1]), labels.reshape(-1)
     liger = _liger() if hidden.is_cuda else None
     if liger is not None:
-        # input, weight, target, bias, class weights, ignore index, z-loss, label smoothing, reduction
-        loss = liger.apply(flat, weight, target, None, None, -100, 0.0, 0.0, "none")[0]
+        # input, weight, target, bias, class weights, ignore index, z-loss, label smoothing, reduction,
+        # softcap, z-loss output, fp32 accumulation of the weight gradient (bf16 weights: as autograd's)
+        loss = liger.apply(
+            flat, weight, target, None, None, -100, 0.0, 0.0, "none", None, False, torch.float32
+        )[0]
     else:
         chunks = range(0, flat.shape[0], CHUNK_TOKENS)
         loss = torch.cat(

@@ -72,3 +72,21 @@ def test_logits_are_not_saved_and_evaluation_gets_logits():
         logits = fused(tokens[:, :-1], None, None)
         torch.testing.assert_close(logits, plain(tokens[:, :-1], None, None))
     assert logits.shape[-1] >= VOCAB
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_bf16_loss_and_gradients_close_to_megatrons():
+    """On CUDA (Liger's kernel when installed, else the chunked path), bf16: within bf16 rounding."""
+    plain, fused = (m.cuda().bfloat16() for m in models())
+    tokens = batch().cuda()
+    results = []
+    for model in (plain, fused):
+        loss = model(tokens[:, :-1], None, None, labels=tokens[:, 1:])
+        loss.mean().backward()
+        results.append((loss.detach().float(), {n: p.grad.float() for n, p in model.named_parameters()}))
+    (loss_ref, grads_ref), (loss, grads) = results
+    torch.testing.assert_close(loss, loss_ref, atol=2e-2, rtol=2e-2)
+    for name, ref in grads_ref.items():
+        scale = ref.abs().max().clamp_min(1e-6)
+        assert (grads[name] - ref).abs().max() / scale < 5e-2, name
