@@ -584,7 +584,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--out", type=Path, help="append the JSON lines here (e.g. docs/perf/bench_train.jsonl)"
     )
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.recompute=selective")
-    return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)  # overrides may come before and after options
 
 
 def main() -> None:

@@ -82,8 +82,8 @@ part fused_ce 70 0 "${BENCH[@]}" --variants full ssa --micro-batch 2 --warmup 2 
     python3 - "$JSONL" <<'EOF'
 import json, os, sys
 rows = [json.loads(line) for line in open(sys.argv[1])] if os.path.exists(sys.argv[1]) else []
-ok = {(r["params"] // 10**6 if "params" in r else 0, r["variant"], r.get("seq_len"), r.get("micro_batch")): r
-      for r in rows if "step_ms" in r}
+setup = lambda r: (r.get("seq_len"), r.get("micro_batch"), r.get("cross_entropy"), r.get("recompute"))
+ok = [r for r in rows if "step_ms" in r]
 print(f"{'model':>6} {'variant':8} {'seq':>6} {'mbs':>4} {'ms':>8} {'tok/s':>9} {'MFU':>6} {'GiB':>6} "
       f"{'saved/layer MiB':>15}  split (top 5)")
 for r in rows:
@@ -95,16 +95,25 @@ for r in rows:
     saved = "/".join(f"{sum(m['saved_per_layer_mib']) / max(len(m['saved_per_layer_mib']), 1):.0f}"
                      for m in mem.values())
     split = sorted((r.get("split_share") or {}).items(), key=lambda kv: -kv[1])[:5]
+    extra = "".join(f" {k}={r[k]}" for k in ("cross_entropy", "recompute") if r.get(k) not in ("megatron", "none"))
     print(f"{r['params'] / 1e6:5.0f}M {r['variant']:8} {r['seq_len']:>6} {r['micro_batch']:>4} "
           f"{r['step_ms']:8.1f} {r['tokens_per_s']:9.0f} {(r['mfu'] or 0):6.1%} {(r['peak_mem_gib'] or 0):6.1f} "
-          f"{saved:>15}  " + " ".join(f"{k}={v:.0%}" for k, v in split))
-print("ratios at the same shape (tokens/s, peak memory):")
-for (m, v, s, b), r in sorted(ok.items(), key=lambda kv: str(kv[0])):
+          f"{saved:>15}  " + " ".join(f"{k}={v:.0%}" for k, v in split) + extra)
+print("ratios at the same shape, loss and recomputation (tokens/s, peak memory):")
+for r in ok:
     for base in ("full", "anchor"):
-        ref = next((x for (m2, v2, s2, b2), x in ok.items() if (v2, s2, b2) == (base, s, b)
+        ref = next((x for x in ok if x["variant"] == base and setup(x) == setup(r)
                     and abs(x["params"] - r["params"]) < 0.05 * r["params"]), None)
-        if ref and v != base and not (v == "anchor" and base == "full"):
-            print(f"  {v:7} / {base:7} seq {s} mbs {b}: speed {r['tokens_per_s'] / ref['tokens_per_s']:.3f}, "
+        if ref and r["variant"] not in (base, "anchor"):
+            print(f"  {r['params'] / 1e6:5.0f}M {r['variant']:6} / {base:6} {setup(r)}: "
+                  f"speed {r['tokens_per_s'] / ref['tokens_per_s']:.3f}, "
+                  f"memory {(r['peak_mem_gib'] or 0) / (ref['peak_mem_gib'] or 1):.3f}")
+    if r.get("cross_entropy", "megatron") != "megatron":  # a lever against the same variant without it
+        ref = next((x for x in ok if x["variant"] == r["variant"] and x.get("cross_entropy") == "megatron"
+                    and setup(x)[:2] == setup(r)[:2] and x["params"] == r["params"]), None)
+        if ref:
+            print(f"  {r['params'] / 1e6:5.0f}M {r['variant']:6} cross_entropy={r['cross_entropy']} / megatron: "
+                  f"speed {r['tokens_per_s'] / ref['tokens_per_s']:.3f}, "
                   f"memory {(r['peak_mem_gib'] or 0) / (ref['peak_mem_gib'] or 1):.3f}")
 EOF
 } 2>&1 | tee -a "$OUT/summary.txt"
