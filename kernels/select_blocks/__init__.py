@@ -1,6 +1,7 @@
 """SSA block selection: which key blocks each query token attends to in sparse attention."""
 
 import torch
+from torch.profiler import record_function
 
 from ..backends import HAS_TRITON, use_triton
 from ..utils import check_positive, check_qkv, check_scale
@@ -43,9 +44,10 @@ def select_blocks(
     check_positive(block_size=block_size, block_count=block_count)
     check_scale(scale)
     # Dispatch point: Triton on CUDA (fp16/bf16/fp32); the reference on CPU and where the kernel cannot.
-    if use_triton("select_blocks", q):
-        return parallel_select_blocks(q, k, block_size, block_count, scale)
-    return naive_select_blocks(q, k, block_size, block_count, scale)
+    with record_function("attention.selection"):  # a profiler range (tools/bench_train.py); free otherwise
+        if use_triton("select_blocks", q):
+            return parallel_select_blocks(q, k, block_size, block_count, scale)
+        return naive_select_blocks(q, k, block_size, block_count, scale)
 
 
 def select_blocks_from_means(
@@ -77,9 +79,10 @@ def select_blocks_from_means(
         raise ValueError(
             f"kbar holds {kbar.shape[1]} blocks; queries up to {q_start + q.shape[1] - 1} need more"
         )
-    if use_triton("select_blocks", q):
-        scale = q.shape[-1] ** -0.5 if scale is None else scale
-        return parallel_select_blocks_from_means(
-            q.contiguous(), kbar, q_start, block_size, block_count, scale
-        )
-    return naive_select_blocks_from_means(q, kbar, q_start, block_size, block_count, scale)
+    with record_function("attention.selection"):
+        if use_triton("select_blocks", q):
+            scale = q.shape[-1] ** -0.5 if scale is None else scale
+            return parallel_select_blocks_from_means(
+                q.contiguous(), kbar, q_start, block_size, block_count, scale
+            )
+        return naive_select_blocks_from_means(q, kbar, q_start, block_size, block_count, scale)

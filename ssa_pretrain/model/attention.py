@@ -24,6 +24,7 @@ from megatron.core.tensor_parallel import ColumnParallelLinear
 from megatron.core.transformer import TransformerConfig
 from megatron.core.transformer.attention import SelfAttention
 from megatron.core.transformer.module import MegatronModule
+from torch.profiler import record_function
 
 from ssa_pretrain.config import SSAConfig
 from ssa_pretrain.model.alignment import AttachAuxLoss, alignment_terms
@@ -96,13 +97,26 @@ class SSACoreAttention(MegatronModule):
     # Each branch takes this rank's share `[b, s, heads, d]`; under context parallelism the ring ops of
     # `ssa_pretrain.parallel` see the whole sequence, and a CP group of one calls `ssa_kernels` directly.
 
+    # Profiler ranges (`tools/bench_train.py` splits the step by them; a no-op when not profiling).
+
     def _full(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        return context_parallel_full_attention(q, k, v, self.cp_group, self.softmax_scale, self.cp_comm)[0]
+        with record_function("attention.full"):
+            return context_parallel_full_attention(q, k, v, self.cp_group, self.softmax_scale, self.cp_comm)[
+                0
+            ]
 
     def _sparse(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        return context_parallel_sparse_attention(
-            q, k, v, self.block_size, self.block_count, self.cp_group, self.softmax_scale, comm=self.cp_comm
-        )[0]
+        with record_function("attention.sparse"):
+            return context_parallel_sparse_attention(
+                q,
+                k,
+                v,
+                self.block_size,
+                self.block_count,
+                self.cp_group,
+                self.softmax_scale,
+                comm=self.cp_comm,
+            )[0]
 
     def _both(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(a_full, a_sparse); under context parallelism from one ring pass that serves both branches."""
@@ -134,13 +148,16 @@ class SSACoreAttention(MegatronModule):
             raise NotImplementedError(
                 "SSA attention supports neither packed (THD) sequences nor attention bias"
             )
-        q, k, v = (t.transpose(0, 1) for t in (query, key, value))  # [b, s, heads, d]
+        # [b, s, heads, d], one contiguous copy that both branches save (each kernel would copy its own);
+        # `value` is a view of Megatron's fused qkv projection, which a saved view would keep alive whole.
+        q, k, v = (t.transpose(0, 1).contiguous() for t in (query, key, value))
         if self.aligns():
             a_full, a_sparse = self._both(q, k, v)
             out = a_full if self.mode == "full" else a_sparse
-            loss, value_for_log = alignment_terms(a_full, a_sparse, self.ssa.w_fs, self.ssa.w_sf)
-            self.last_alignment = value_for_log
-            out = AttachAuxLoss.apply(out, loss * self.aux_weight)
+            with record_function("attention.alignment"):
+                loss, value_for_log = alignment_terms(a_full, a_sparse, self.ssa.w_fs, self.ssa.w_sf)
+                self.last_alignment = value_for_log
+                out = AttachAuxLoss.apply(out, loss * self.aux_weight)
         else:
             out = self._full(q, k, v) if self.mode == "full" else self._sparse(q, k, v)
             self.last_alignment = None

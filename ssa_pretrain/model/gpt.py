@@ -12,6 +12,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from megatron.core import parallel_state
 from megatron.core.models.gpt import GPTModel
+from megatron.core.transformer.transformer_block import TransformerBlockSubmodules
 
 from ssa_pretrain import cpu_shims
 from ssa_pretrain.config import Config, ModelConfig
@@ -68,11 +69,16 @@ def transformer_config(cfg: Config, dtype: torch.dtype) -> SSATransformerConfig:
 
 
 def build_model(
-    cfg: Config, vocab_size: int, dtype: torch.dtype = torch.float32, device: str | torch.device | None = None
+    cfg: Config,
+    vocab_size: int,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device | None = None,
+    block_spec: TransformerBlockSubmodules | None = None,
 ) -> GPTModel:
     """The GPT of `cfg` on this rank's tensor-parallel shard.
 
     `device` defaults to the current GPU (CPU without CUDA); `"meta"` builds shapes only (parameter counts).
+    `block_spec` replaces the SSA decoder spec (`get_ssa_block_spec`), e.g. with a baseline's attention.
     """
     cpu_shims.install()
     tp = parallel_state.get_tensor_model_parallel_world_size()
@@ -80,7 +86,9 @@ def build_model(
         raise ValueError(f"parallel.tp={cfg.parallel.tp} but parallel_state was initialised with tp={tp}")
     device = torch.device(device or (torch.cuda.current_device() if torch.cuda.is_available() else "cpu"))
     with torch.device("meta") if device.type == "meta" else contextlib.nullcontext():
-        model = _gpt(cfg, vocab_size, dtype, tp)
+        model = _gpt(
+            cfg, vocab_size, dtype, tp, block_spec or get_ssa_block_spec(cfg.ssa, cfg.model.num_layers)
+        )
     model = model.to(device)
     if model.config.sequence_parallel:
         sum_sequence_parallel_grads(model, parallel_state.get_tensor_model_parallel_group())
@@ -109,10 +117,12 @@ def sum_sequence_parallel_grads(model: torch.nn.Module, tp_group: dist.ProcessGr
             param.register_hook(full_grad)
 
 
-def _gpt(cfg: Config, vocab_size: int, dtype: torch.dtype, tp: int) -> GPTModel:
+def _gpt(
+    cfg: Config, vocab_size: int, dtype: torch.dtype, tp: int, block_spec: TransformerBlockSubmodules
+) -> GPTModel:
     return GPTModel(
         config=transformer_config(cfg, dtype),
-        transformer_layer_spec=get_ssa_block_spec(cfg.ssa, cfg.model.num_layers),
+        transformer_layer_spec=block_spec,
         vocab_size=padded_vocab_size(vocab_size, cfg.model, tp),
         max_sequence_length=cfg.data.seq_len,
         parallel_output=True,

@@ -1,0 +1,77 @@
+"""tools/bench_train.py on CPU with the tiny model: the anchor's line beside `ssa`'s, each with the step split
+and the memory report, and every engine freed once its variant is measured."""
+
+from __future__ import annotations
+
+import gc
+import importlib
+
+import pytest
+from megatron.core.models.gpt import GPTModel
+from torch.optim import Optimizer
+
+from tests.helpers import REPO
+
+pytestmark = pytest.mark.usefixtures("megatron_world")
+TINY = ["--model", "configs/train/tiny-cpu.yaml", "--seq-len", "64", "--micro-batch", "2", "--vocab-size",
+        "320", "--warmup", "1", "--steps", "2", "ssa.block_size=8", "ssa.block_count=3"]  # fmt: skip
+
+
+@pytest.fixture
+def bench_train(monkeypatch):
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("LOCAL_RANK", "0")  # DeepSpeed asks; the in-process world of one has no launcher
+    monkeypatch.syspath_prepend(str(REPO / "tools"))
+    return importlib.import_module("bench_train")
+
+
+def test_anchor_beside_ssa_with_split_and_memory(bench_train):
+    args = bench_train.parse_args([*TINY, "--split", "--memory"])
+    rows: list[dict] = []
+    for variant in ("anchor", "ssa"):
+        bench_train.run_variant(args, variant, {}, rows.append)
+    anchor, ssa = rows
+    assert ssa["params"] - anchor["params"] == 4 * 128 * 4  # the anchor has no per-head gate
+    for row in rows:
+        assert row["step_ms"] > 0 and row["tokens_per_s"] > 0 and not row["oom"]
+        assert len(row["losses"]) == 3 and all(4.0 < x < 8.0 for x in row["losses"])  # ~ln(320) = 5.77
+        assert set(row["split_ms"]) == set(bench_train.PARTS)
+        assert sum(row["split_ms"].values()) > 0
+        assert row["split_ms"]["gemm"] > 0 and row["split_ms"]["optimizer"] > 0
+        assert row["split_ms"]["logits_ce"] > 0 and row["split_ms"]["norm_act_rope"] > 0
+    assert anchor["split_ms"]["full_attention"] > 0
+    assert anchor["split_ms"]["selection"] == anchor["split_ms"]["sparse_attention"] == 0
+    assert anchor["split_ms"]["alignment"] == 0
+    for part in ("full_attention", "selection", "sparse_attention", "alignment"):
+        assert ssa["split_ms"][part] > 0, part
+
+    assert set(ssa["memory"]) == {"full", "sparse"} and len(anchor["memory"]) == 1
+    (anchor_memory,) = anchor["memory"].values()
+    for report in (anchor_memory, *ssa["memory"].values()):
+        assert len(report["saved_per_layer_mib"]) == 4 and min(report["saved_per_layer_mib"]) > 0
+        assert report["saved_gib"] > report["saved_outside_layers_gib"] > 0
+        assert report["largest_saved"][0][3] > 0
+    core = "self_attention.core_attention"
+    both = ssa["memory"]["sparse"]["saved_per_layer_by_part_mib"][core]
+    assert both > anchor_memory["saved_per_layer_by_part_mib"][core]  # ssa keeps both branches' outputs
+
+
+def test_every_engine_is_freed(bench_train):
+    """DeepSpeed's hooks keep a model and its optimizer alive after `del` + `gc.collect()` unless the engine
+    is destroyed; a leaked engine would count in the next variant's memory."""
+
+    def alive() -> tuple[int, int]:
+        gc.collect()
+        objects = gc.get_objects()
+        return sum(isinstance(o, GPTModel) for o in objects), sum(isinstance(o, Optimizer) for o in objects)
+
+    before = alive()
+    bench_train.run_variant(bench_train.parse_args(TINY), "full", {}, lambda row: None)
+    assert alive() == before
+
+
+def test_longest_stops_at_the_first_shape_that_trains(bench_train):
+    rows: list[dict] = []
+    args = bench_train.parse_args([*TINY, "--seq-len", "32", "64", "--longest"])
+    bench_train.run_variant(args, "sparse", {}, rows.append)
+    assert [(r["seq_len"], r["oom"]) for r in rows] == [(64, False)]

@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# Training efficiency on one GPU (torch 2.11, Python 3.12, no megatron/deepspeed: carry .whl, installed by
+# tools/gpu_setup.sh), in one call of about 5 minutes:
+#   bash tools/gpu_efficiency.sh "$OUT"
+# Every part appends JSON lines to OUT/bench_efficiency.jsonl as soon as each shape is measured
+# (tools/bench_train.py: throughput, MFU, peak memory, the profiler split of a step, the saved-for-backward
+# report; an out-of-memory shape is a line with "oom": true):
+# (a) 1B at 8,192 tokens, micro-batch 1 and 2: ssa, full, anchor, sparse (in that order: the part may be
+#     cut by its timeout, the first ones matter most), with --split --memory;
+# (b) ~40M at 2,048 tokens (8 layers x 512, 8 q / 2 kv heads, FFN 1536, 32K vocabulary: 40.6M parameters),
+#     micro-batch 32: full, sparse, ssa, with --split --memory;
+# (c) the longest sequence that trains: 1B ssa with train.recompute=full, trying 64K, 32K, 16K in turn
+#     (micro-batch 1) until one fits, with whatever time is left;
+# (d) if time is still left, a lever: full and ssa at micro-batch 2 with --cross-entropy fused (Liger's fused
+#     linear cross-entropy when its wheel is in .whl — `pip download --no-deps liger-kernel==0.8.5 -d .whl`,
+#     pure Python, needs only torch, triton, packaging — else the chunked PyTorch path).
+# Each part runs under `timeout`, capped so that the parts after it keep their share of BUDGET (default
+# 290 s from the start of this script, setup included); a part with less than 25 s is skipped and said so.
+# OUT/summary.txt: what ran, how long, how it ended, and the table. Exit status 0 when nothing failed.
+# Environment: BUDGET (s), GIT_COMMIT (recorded in the lines; .git may not travel to the device).
+set -uo pipefail
+OUT=${1:-/tmp/gpu-efficiency}
+BUDGET=${BUDGET:-290}
+GRACE=5  # seconds between timeout's TERM and KILL
+mkdir -p "$OUT/logs"
+OUT=$(cd "$OUT" && pwd)
+JSONL=$OUT/bench_efficiency.jsonl
+say() { echo "[gpu_efficiency $(date +%T) +${SECONDS}s] $*" | tee -a "$OUT/summary.txt"; }
+failed=0
+
+# part NAME MAX RESERVE COMMAND...: COMMAND under timeout min(MAX, time left - RESERVE - GRACE) seconds, output
+# in OUT/logs/NAME.log; RESERVE is what the parts after it need.
+part() {
+    local name=$1 max=$2 reserve=$3 log=$OUT/logs/$1.log
+    shift 3
+    local limit=$((BUDGET - SECONDS - reserve - GRACE))
+    [ "$limit" -gt "$max" ] && limit=$max
+    if [ "$limit" -lt 25 ]; then
+        say "$name: skipped, ${limit}s left for it"
+        return 125
+    fi
+    say "$name: up to ${limit}s: $*"
+    local start=$SECONDS rc verdict=ok
+    timeout -k "$GRACE" "$limit" "$@" >"$log" 2>&1
+    rc=$?
+    if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
+        verdict="TIMED OUT after ${limit}s (lines written so far are kept)"
+        failed=1
+    elif [ "$rc" != 0 ]; then
+        verdict="FAILED (exit $rc)"
+        failed=1
+    fi
+    say "$name: $verdict, $((SECONDS - start))s (log: logs/$name.log)"
+    grep -E "^(variant|anchor|full|sparse|ssa) " "$log" | tee -a "$OUT/summary.txt"
+    return "$rc"
+}
+
+. tools/gpu_setup.sh "$OUT" >/dev/null || { say "setup failed (wheels / editable install)"; exit 1; }
+say "setup: $(cat "$OUT/versions.txt")"
+export GIT_COMMIT=${GIT_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-8} PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
+BENCH=(python3 tools/bench_train.py --out "$JSONL")
+
+# (a) 1B, 8K: every variant, micro-batch 1 and 2
+part 1b_8k 175 85 "${BENCH[@]}" --variants ssa full anchor sparse --micro-batch 1 2 --warmup 2 --steps 4 \
+    --split --memory
+
+# (b) ~40M, 2K, micro-batch 32 (the ablation scale)
+part 40m_2k 60 30 "${BENCH[@]}" --variants full sparse ssa --seq-len 2048 --micro-batch 32 --vocab-size 32000 \
+    --warmup 2 --steps 5 --split --memory model.num_layers=8 model.hidden_size=512 \
+    model.num_attention_heads=8 model.num_kv_heads=2 model.ffn_hidden_size=1536
+
+# (c) the longest sequence for ssa with full recomputation: from 64K down, stops at the first that fits
+part seq_sweep 120 0 "${BENCH[@]}" --variants ssa --seq-len 16384 32768 65536 --longest \
+    --micro-batch 1 --warmup 1 --steps 2 train.recompute=full
+
+# (d) the fused linear cross-entropy (no [tokens, vocab] logits kept), if time is left
+part fused_ce 70 0 "${BENCH[@]}" --variants full ssa --micro-batch 2 --warmup 2 --steps 4 --cross-entropy fused
+
+{
+    echo "================================ summary (${SECONDS}s of ${BUDGET}s)"
+    python3 - "$JSONL" <<'EOF'
+import json, os, sys
+rows = [json.loads(line) for line in open(sys.argv[1])] if os.path.exists(sys.argv[1]) else []
+setup = lambda r: (r.get("seq_len"), r.get("micro_batch"), r.get("cross_entropy"), r.get("recompute"))
+ok = [r for r in rows if "step_ms" in r]
+print(f"{'model':>6} {'variant':8} {'seq':>6} {'mbs':>4} {'ms':>8} {'tok/s':>9} {'MFU':>6} {'GiB':>6} "
+      f"{'saved/layer MiB':>15}  split (top 5)")
+for r in rows:
+    if "step_ms" not in r:
+        print(f"{'':>6} {r['variant']:8} {r.get('seq_len', '-'):>6} {r.get('micro_batch', '-'):>4}  "
+              + ("out of memory" if r.get("oom") else r.get("error", "?")))
+        continue
+    mem = r.get("memory") or {}
+    saved = "/".join(f"{sum(m['saved_per_layer_mib']) / max(len(m['saved_per_layer_mib']), 1):.0f}"
+                     for m in mem.values())
+    split = sorted((r.get("split_share") or {}).items(), key=lambda kv: -kv[1])[:5]
+    extra = "".join(f" {k}={r[k]}" for k in ("cross_entropy", "recompute") if r.get(k) not in ("megatron", "none"))
+    print(f"{r['params'] / 1e6:5.0f}M {r['variant']:8} {r['seq_len']:>6} {r['micro_batch']:>4} "
+          f"{r['step_ms']:8.1f} {r['tokens_per_s']:9.0f} {(r['mfu'] or 0):6.1%} {(r['peak_mem_gib'] or 0):6.1f} "
+          f"{saved:>15}  " + " ".join(f"{k}={v:.0%}" for k, v in split) + extra)
+print("ratios at the same shape, loss and recomputation (tokens/s, peak memory):")
+for r in ok:
+    for base in ("full", "anchor"):
+        ref = next((x for x in ok if x["variant"] == base and setup(x) == setup(r)
+                    and abs(x["params"] - r["params"]) < 0.05 * r["params"]), None)
+        if ref and r["variant"] not in (base, "anchor"):
+            print(f"  {r['params'] / 1e6:5.0f}M {r['variant']:6} / {base:6} {setup(r)}: "
+                  f"speed {r['tokens_per_s'] / ref['tokens_per_s']:.3f}, "
+                  f"memory {(r['peak_mem_gib'] or 0) / (ref['peak_mem_gib'] or 1):.3f}")
+    if r.get("cross_entropy", "megatron") != "megatron":  # a lever against the same variant without it
+        ref = next((x for x in ok if x["variant"] == r["variant"] and x.get("cross_entropy") == "megatron"
+                    and setup(x)[:2] == setup(r)[:2] and x["params"] == r["params"]), None)
+        if ref:
+            print(f"  {r['params'] / 1e6:5.0f}M {r['variant']:6} cross_entropy={r['cross_entropy']} / megatron: "
+                  f"speed {r['tokens_per_s'] / ref['tokens_per_s']:.3f}, "
+                  f"memory {(r['peak_mem_gib'] or 0) / (ref['peak_mem_gib'] or 1):.3f}")
+EOF
+} 2>&1 | tee -a "$OUT/summary.txt"
+exit "$failed"
