@@ -13,7 +13,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from ssa_pretrain import quiet
 from ssa_pretrain.config import load_config
+from ssa_pretrain.data.tokenizer import Tokenizer
 from ssa_pretrain.errors import exits_on_user_error
 
 
@@ -31,7 +33,10 @@ def run(args: argparse.Namespace) -> int:
     """Train with parsed arguments. Bad input (config, data, checkpoint) exits with code 2 and its message; a
     run that cannot go on (`TrainingError`) with code 1; neither prints a traceback."""
     cfg = load_config(args.config, args.overrides)
+    Tokenizer(cfg.data.tokenizer_dir)  # no data yet: say how to build it before Megatron and DeepSpeed start
     from ssa_pretrain.trainer import Trainer, TrainingError  # heavy imports once the config is known good
+
+    quiet.announce_deepspeed_op_build()
 
     trainer = Trainer(cfg, args.run_dir or Path("runs") / Path(args.config).stem)
     try:
@@ -56,6 +61,7 @@ def parse_with_overrides(parser: argparse.ArgumentParser, argv: list[str] | None
 
 
 def main(argv: list[str] | None = None) -> int:
+    quiet.install()
     parser = add_arguments(
         argparse.ArgumentParser(
             prog="python -m ssa_pretrain.train",
