@@ -3,6 +3,7 @@ progress bar with an ETA, and the README's numbers rendered by `tools/readme_num
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import os
@@ -147,3 +148,29 @@ def test_progress_bar_shows_an_eta_from_the_second_log_step():
         clock[0] += 40.0
         bar.update(task, completed=step)
     assert bar.tasks[0].time_remaining == pytest.approx(280 * 4.0)
+
+
+# ------------------------------------------------------------------------------------ README numbers
+
+
+@pytest.fixture(scope="module")
+def readme_numbers():
+    spec = importlib.util.spec_from_file_location("readme_numbers", REPO / "tools" / "readme_numbers.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_readme_numbers_are_rendered_from_the_saved_numbers(readme_numbers):
+    numbers = json.loads(readme_numbers.NUMBERS.read_text())
+    readme = readme_numbers.README.read_text()
+    regions = readme_numbers.render(numbers)
+    assert regions == readme_numbers.render(json.loads(json.dumps(numbers)))  # a pure function of the JSON
+    assert readme_numbers.rewrite(readme, regions) == readme, "run tools/readme_numbers.py --render"
+    assert f"{numbers['parameters']:,} parameters" in readme
+
+
+def test_readme_names_every_demo_command(readme_numbers):
+    plan = readme_numbers.demo_plan(readme_numbers.readme_commands(readme_numbers.README.read_text()))
+    assert plan["train"][:2] == ["train", "configs/train/tiny-cpu.yaml"]
+    assert sorted(plan["eval"]) == ["niah", "ppl", "sparsity"]

@@ -106,8 +106,9 @@ def run_demo(plan: dict[str, Any]) -> dict[str, Any]:
     for name, (argv, _) in plan["eval"].items():
         seconds[f"eval_{name}"] = ssa(argv)
     ssa(["plot", str(plan["run_dir"]), "--out", str(IMAGES / "demo-loss.png")])
+    shown = README.read_text()
     for name, (_, out) in plan["eval"].items():
-        if (out / f"{name}.png").is_file():
+        if f"docs/img/eval-{name}.png" in shown:  # the plots the README shows
             shutil.copyfile(out / f"{name}.png", IMAGES / f"eval-{name}.png")
 
     run_dir = plan["run_dir"]
@@ -184,25 +185,26 @@ def render(n: dict[str, Any]) -> dict[str, str]:
     s, niah, t = n["sparsity"], n["niah"], n["seconds"]
     found = "finds the needle in some cells" if max(niah["greedy"]) > 0 else "does not find the needle"
     accuracy = f"{min(niah['accuracy']):.3g}–{max(niah['accuracy']):.3g}"
+    greedy = f"up to {max(niah['greedy']):.3g}" if max(niah["greedy"]) > 0 else "0"
     (first_step, first_loss), (last_step, last_loss) = n["loss"][0], n["loss"][-1]
     val_step, val_full, val_sparse = n["val"][-1]
     cpu, params = f"{n['cpus']}-core CPU", n["parameters"]
-    if n["max_load"] > n["cpus"]:
-        cpu += f" shared with other jobs (load average up to {n['max_load']:.0f})"
+    if n["max_load"] > n["cpus"]:  # the wall times are then the busy machine's
+        cpu += f" shared with other jobs, load average up to {n['max_load']:.0f}"
     keys = n["block_count"] * n["block_size"]
     eval_text = _paragraph(
-        f"On the CPU demo model (validation split, {cpu}, {t['eval_ppl']:.0f} s, {t['eval_sparsity']:.0f} s",
+        f"On the CPU demo model (validation split, {cpu}; {t['eval_ppl']:.0f} s, {t['eval_sparsity']:.0f} s",
         f"and {t['eval_niah']:.0f} s wall): perplexity full / sparse (K={k}) is {', '.join(per_length[:-1])}",
         f"and {per_length[-1]}; at {seq} tokens, {at_train}.",
         f"At {s['length']} tokens and K={s['block_count']}, the share of full-attention mass outside the",
         f"blocks sparse selection picks is {_percents(s['dropped'])} in layers 0–{len(s['dropped']) - 1}",
-        f"({_percents(s['dropped_bound'])} where the budget binds); KL(full ‖ sparse) is {s['kl']:.2g}",
+        f"({_percents(s['dropped_bound'])} where the budget binds); KL(full ‖ sparse) is {s['kl']:.3g}",
         f"nats/token. The {params / 1e6:.2f}M-parameter model {found} (accuracy {accuracy} per cell of",
-        f"{niah['trials']} trials, chance {niah['chance']:.2g}; greedy exact match at most",
-        f"{max(niah['greedy']):.3g}): that test is for real models.",
+        f"{niah['trials']} trials, chance {niah['chance']:.2g}; greedy exact match {greedy}): that test is",
+        "for real models.",
     )
     demo_text = _paragraph(
-        f"**CPU demo** (the first command above, {cpu} machine, {n['date']}): `ssa data prepare` builds the",
+        f"**CPU demo** (the first command above, {cpu}, {n['date']}): `ssa data prepare` builds the",
         f"bundled corpus (World English Bible + Python docs, {n['corpus_chars'] / 1e6:.1f}M characters) into",
         f"an {n['vocab_size'] // 1024}K BPE tokenizer and shards of {n['train_tokens'] / 1e6:.2f}M training",
         f"tokens in {t['prepare']:.0f} s; the tiny SSA model ({params:,} parameters, {seq}-token sequences,",
