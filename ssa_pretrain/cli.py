@@ -1,16 +1,19 @@
-"""The `ssa` command: train, data, sweep, convert, eval, params, plot. `ssa COMMAND --help` documents each."""
+"""The `ssa` command: train, data, sweep, convert, eval, params, plot. `ssa COMMAND --help` documents each.
+
+Importing this module stays light (no torch, Megatron, DeepSpeed, transformers or matplotlib): each command
+imports what it needs when it runs, so `ssa --help` and bad arguments answer at once.
+"""
 
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
-from ssa_pretrain import train
+from ssa_pretrain import quiet, train
 from ssa_pretrain.config import ConfigError, apply_overrides, build_config, read_yaml
 from ssa_pretrain.data.cli import add_data_commands
-from ssa_pretrain.errors import exits_on_user_error
+from ssa_pretrain.errors import UserError, exits_on_user_error
 from ssa_pretrain.eval.cli import add_eval_command
 from ssa_pretrain.hf.cli import add_convert_command
 from ssa_pretrain.sweep.cli import add_sweep_commands
@@ -37,11 +40,23 @@ def params(args: argparse.Namespace) -> int:
     return 0
 
 
+class PlotError(UserError, ValueError):
+    """`ssa plot` was given a run directory without metrics or an output file it cannot write."""
+
+
+@exits_on_user_error
 def plot(args: argparse.Namespace) -> int:
     """Plot training and validation loss of one or more run directories into one PNG."""
     from ssa_pretrain.sweep.report import plot_loss_curves
 
-    plot_loss_curves(args.out, {Path(d).name: Path(d) for d in args.run_dirs})
+    runs = {Path(d).name: Path(d) for d in args.run_dirs}
+    for run_dir in runs.values():
+        if not (run_dir / "metrics.jsonl").is_file():
+            what = "no metrics.jsonl in it" if run_dir.is_dir() else "no such directory"
+            raise PlotError(f"{run_dir}: {what}; pass run directories of `ssa train` (RUN_DIR/metrics.jsonl)")
+    if not args.out.parent.is_dir():
+        raise PlotError(f"{args.out.parent}: no such directory for --out {args.out}; create it first")
+    plot_loss_curves(args.out, runs)
     print(f"wrote {args.out}")
     return 0
 
@@ -79,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    quiet.install()
     args = train.parse_with_overrides(build_parser(), argv)
     return args.func(args)
 

@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from ssa_pretrain.config import Config, dump_config
+from ssa_pretrain.quiet import WANDB_SETTINGS
 
 # Dense bf16 peak of known accelerators (FLOP/s), for MFU. Unknown devices (and CPUs) report no MFU.
 PEAK_FLOPS = {
@@ -98,6 +99,23 @@ def truncate_metrics(path: Path, after_step: int) -> None:
     os.replace(tmp, path)
 
 
+def progress_bar(console: Console) -> Progress:
+    """The live bar: steps done of the total and the time left.
+
+    The bar moves at log steps only, so rich's default 30-second window for its speed estimate would often
+    hold a single sample (no ETA) when ten steps take longer than that; here the estimate is the mean speed
+    since the first log step, shown from the second one on.
+    """
+    return Progress(
+        TextColumn("[bold]train"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        speed_estimate_period=math.inf,
+    )
+
+
 class MetricsLogger:
     """Writes metrics from rank 0; a no-op on other ranks."""
 
@@ -112,24 +130,18 @@ class MetricsLogger:
         if cfg.logging.wandb != "disabled":
             self.wandb = self._start_wandb(run_dir, cfg)
         if cfg.logging.progress and self.console.is_terminal:
-            self.progress = Progress(
-                TextColumn("[bold]train"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeRemainingColumn(),
-                console=self.console,
-            )
+            self.progress = progress_bar(self.console)
             self.task = self.progress.add_task("train", total=total_steps, completed=start_step)
             self.progress.start()
 
-    @staticmethod
-    def _start_wandb(run_dir: Path, cfg: Config):
+    def _start_wandb(self, run_dir: Path, cfg: Config):
+        """A wandb run without wandb's own console output; one line of ours says where it goes."""
         try:
             import wandb
         except ImportError:
             warnings.warn("wandb is not installed: metrics go to metrics.jsonl only", stacklevel=2)
             return None
-        return wandb.init(
+        run = wandb.init(
             project=cfg.logging.project,
             name=cfg.logging.name or run_dir.name,
             dir=str(run_dir),
@@ -137,7 +149,12 @@ class MetricsLogger:
             config=cfg.model_dump(mode="json"),
             resume="allow",
             id=run_dir.name,
+            settings=wandb.Settings(**WANDB_SETTINGS),
         )
+        where = run.url if cfg.logging.wandb == "online" else run.settings.sync_dir
+        hint = "" if cfg.logging.wandb == "online" else f" (upload: wandb sync {where})"
+        self.console.print(f"wandb {cfg.logging.wandb}: {where}{hint}", highlight=False, soft_wrap=True)
+        return run
 
     def log(self, metrics: dict[str, Any]) -> None:
         """One JSON line (flushed at once), one wandb point, one console line."""

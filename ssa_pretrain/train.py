@@ -14,7 +14,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from ssa_pretrain import quiet
 from ssa_pretrain.config import load_config, read_deepspeed_json
+from ssa_pretrain.data.tokenizer import Tokenizer
 from ssa_pretrain.errors import exits_on_user_error
 
 
@@ -40,8 +42,10 @@ def run(args: argparse.Namespace) -> int:
     run that cannot go on (`TrainingError`) with code 1; neither prints a traceback."""
     cfg = load_config(args.config, args.overrides)
     read_deepspeed_json(cfg.train)  # a missing DeepSpeed file fails now, not after start-up
+    Tokenizer(cfg.data.tokenizer_dir)  # no data yet: say how to build it before Megatron and DeepSpeed start
     from ssa_pretrain.trainer import Trainer, TrainingError  # heavy imports once the config is known good
 
+    quiet.announce_deepspeed_op_build()
     run_dir = args.run_dir or Path("runs") / Path(args.config).stem
     trainer = Trainer(cfg, run_dir, allow_config_change=args.allow_config_change)
     try:
@@ -66,6 +70,7 @@ def parse_with_overrides(parser: argparse.ArgumentParser, argv: list[str] | None
 
 
 def main(argv: list[str] | None = None) -> int:
+    quiet.install()
     parser = add_arguments(
         argparse.ArgumentParser(
             prog="python -m ssa_pretrain.train",

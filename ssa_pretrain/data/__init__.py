@@ -7,20 +7,26 @@
     loader.py      resumable data-parallel training loader, validation iterator (imports torch)
     cli.py         `ssa data tokenizer | shards | prepare`
 
-The loader names are imported lazily so that building data does not import torch.
+The names below are imported lazily: `ssa data ...` and `ssa --help` do not import webdataset or torch.
 """
 
-from ssa_pretrain.data.errors import DataError
-from ssa_pretrain.data.shards import prepare_default, write_shards
-from ssa_pretrain.data.tokenizer import Tokenizer, train_tokenizer
+import importlib
 
-__all__ = ["DataError", "ShardLoader", "Tokenizer", "iter_validation", "prepare_default", "train_tokenizer",
-           "write_shards"]  # fmt: skip
+from ssa_pretrain.data.errors import DataError
+
+_LAZY = {
+    "ShardLoader": "loader",
+    "iter_validation": "loader",
+    "prepare_default": "shards",
+    "write_shards": "shards",
+    "Tokenizer": "tokenizer",
+    "train_tokenizer": "tokenizer",
+}
+
+__all__ = ["DataError", *_LAZY]
 
 
 def __getattr__(name: str) -> object:
-    if name in ("ShardLoader", "iter_validation"):
-        from ssa_pretrain.data import loader
-
-        return getattr(loader, name)
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

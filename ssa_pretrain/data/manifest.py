@@ -25,7 +25,7 @@ import json
 from pathlib import Path, PurePosixPath
 from typing import Literal
 
-from ssa_pretrain.data.errors import DataError
+from ssa_pretrain.data.errors import DataError, missing_data_hint
 
 FORMAT = "ssa-pretrain-shards"
 VERSION = 1
@@ -55,8 +55,10 @@ def load_manifest(split_dir: str | Path) -> dict:
     """Read and sanity-check `split_dir/manifest.json`; raises `DataError` naming the file."""
     path = Path(split_dir) / MANIFEST_FILE
     if not path.is_file():
-        hint = "a dataset is written by `ssa data shards` or `ssa data prepare`"
-        raise DataError(f"{path}: no manifest, so {split_dir} is not a (complete) shard directory; {hint}")
+        raise DataError(
+            f"{path}: no manifest, so {split_dir} is not a (complete) shard directory; "
+            f"{missing_data_hint(split_dir)}"
+        )
     try:
         manifest = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:

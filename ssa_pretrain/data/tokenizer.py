@@ -24,7 +24,7 @@ from pathlib import Path
 import sentencepiece as spm
 
 from ssa_pretrain.data.documents import expand_inputs, iter_documents
-from ssa_pretrain.data.errors import DataError
+from ssa_pretrain.data.errors import DataError, missing_data_hint
 
 MODEL_FILE = "tokenizer.model"
 META_FILE = "tokenizer_meta.json"
@@ -161,9 +161,8 @@ class Tokenizer:
         path = Path(path)
         self.model_path = path / MODEL_FILE if path.is_dir() else path
         if not self.model_path.is_file():
-            raise DataError(
-                f"{self.model_path}: tokenizer model not found; train one with `ssa data tokenizer`"
-            )
+            hint = missing_data_hint(self.model_path)
+            raise DataError(f"{self.model_path}: tokenizer model not found; {hint}")
         data = self.model_path.read_bytes()
         self.sha256: str = hashlib.sha256(data).hexdigest()
         meta = read_meta(self.model_path)

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import argparse
 
+from ssa_pretrain.docstrings import module_doc
 from ssa_pretrain.errors import exits_on_user_error
-from ssa_pretrain.eval.common import ROPE_TYPES, LoadOptions
+from ssa_pretrain.eval import ROPE_TYPES
 
 
 def add_model_options(cmd: argparse.ArgumentParser, data: bool) -> None:
@@ -46,6 +47,8 @@ def add_model_options(cmd: argparse.ArgumentParser, data: bool) -> None:
 
 def model_options(args: argparse.Namespace) -> dict:
     """The `add_model_options` values as the `evaluate_*` functions take them: `overwrite` and `load`."""
+    from ssa_pretrain.eval.common import LoadOptions  # imports torch: only when a command runs
+
     load = LoadOptions(args.device, args.dtype, args.rope_scaling, args.rope_factor)
     return {"overwrite": args.overwrite, "load": load}
 
@@ -111,8 +114,6 @@ def niah_command(args: argparse.Namespace) -> int:
 
 def add_eval_command(subparsers: argparse._SubParsersAction) -> None:
     """Register `ssa eval {ppl,sparsity,niah}` on the `ssa` command's subparsers."""
-    from ssa_pretrain.eval import niah, ppl, sparsity
-
     raw = argparse.RawDescriptionHelpFormatter
     cmd = subparsers.add_parser(
         "eval",
@@ -125,7 +126,7 @@ def add_eval_command(subparsers: argparse._SubParsersAction) -> None:
     ppl_cmd = commands.add_parser(
         "ppl",
         help="perplexity vs length, full vs sparse, budget sweep",
-        description=ppl.__doc__,
+        description=module_doc("ssa_pretrain.eval.ppl"),
         formatter_class=raw,
     )
     add_model_options(ppl_cmd, data=True)
@@ -147,7 +148,7 @@ def add_eval_command(subparsers: argparse._SubParsersAction) -> None:
     sparsity_cmd = commands.add_parser(
         "sparsity",
         help="dropped attention mass and KL(full || sparse) per layer",
-        description=sparsity.__doc__,
+        description=module_doc("ssa_pretrain.eval.sparsity"),
         formatter_class=raw,
     )
     add_model_options(sparsity_cmd, data=True)
@@ -160,7 +161,7 @@ def add_eval_command(subparsers: argparse._SubParsersAction) -> None:
     niah_cmd = commands.add_parser(
         "niah",
         help="needle-in-a-haystack heat map, full vs sparse",
-        description=niah.__doc__,
+        description=module_doc("ssa_pretrain.eval.niah"),
         formatter_class=raw,
     )
     add_model_options(niah_cmd, data=False)

@@ -33,8 +33,7 @@ from typing import Any
 import torch
 
 from ssa_pretrain.errors import UserError
-
-ROPE_TYPES = ("llama3", "linear", "dynamic", "yarn")
+from ssa_pretrain.eval import ROPE_TYPES
 
 
 class EvalError(UserError, ValueError):

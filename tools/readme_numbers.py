@@ -1,0 +1,254 @@
+"""The README's CPU-demo and evaluation numbers and plots, regenerated from the current code in one command.
+
+    python tools/readme_numbers.py              # ~5 minutes on 2 CPU cores; rewrites README.md and docs/img/
+    python tools/readme_numbers.py --replace    # the same when runs/demo, hf/demo or eval/demo-* exist
+    python tools/readme_numbers.py --render     # README.md again from docs/readme-numbers.json, nothing run
+
+It runs the demo exactly as the README writes it, from the repository root: every `ssa ...` command of the
+README's bash blocks that builds the default data or reads / writes the demo (`runs/demo`, `hf/demo`,
+`eval/demo-*`), in the README's order: `ssa data prepare` (with `--force`, so its time is a real build),
+`ssa train configs/train/tiny-cpu.yaml --run-dir runs/demo`, `ssa convert`, the three `ssa eval` commands;
+then `ssa params` for the exact parameter count and `ssa plot` for the loss curves. The numbers (and each
+command's wall time) go to `docs/readme-numbers.json`; the README's text between
+`<!-- readme-numbers:NAME -->` and `<!-- /readme-numbers:NAME -->` is rendered from that file alone
+(`render`), and the plots are copied to `docs/img/`. tests/test_cli_ux.py checks that the README's regions
+are what `render` makes of the committed JSON, so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+README = REPO / "README.md"
+NUMBERS = REPO / "docs" / "readme-numbers.json"
+IMAGES = REPO / "docs" / "img"
+REGION = re.compile(
+    r"(<!-- readme-numbers:(?P<name>[\w-]+) -->)(?P<body>.*?)(<!-- /readme-numbers:(?P=name) -->)", re.S
+)
+DEMO_PATH = re.compile(r"(?<![\w/])(runs|hf|eval)/demo")
+
+
+# ----------------------------------------------------------------------------------------- commands
+
+
+def readme_commands(readme: str) -> list[str]:
+    """The demo's `ssa` commands in the README's order (bash blocks; `&&` chains split, comments dropped)."""
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", readme, re.S):
+        for line in block.splitlines():
+            for command in line.split("&&"):
+                command = re.sub(r"\s+#.*$", "", command).strip()
+                if command == "ssa data prepare" or (
+                    command.startswith("ssa ") and DEMO_PATH.search(command)
+                ):
+                    commands.append(command)
+    return commands
+
+
+def demo_plan(commands: list[str]) -> dict[str, Any]:
+    """The README's demo commands by job, with the paths they write, read through the `ssa` parser itself."""
+    from ssa_pretrain.cli import build_parser
+    from ssa_pretrain.train import parse_with_overrides
+
+    plan: dict[str, Any] = {"eval": {}}
+    for command in commands:
+        argv = shlex.split(command)[1:]
+        args = parse_with_overrides(build_parser(), argv)
+        if args.command == "data":
+            plan["prepare"] = [*argv, "--force"]
+        elif args.command == "train":
+            plan["train"], plan["run_dir"] = argv, REPO / args.run_dir
+        elif args.command == "convert":
+            plan["convert"], plan["hf_dir"] = argv, REPO / args.out_dir
+        elif args.command == "eval":
+            plan["eval"][args.eval_command] = (argv, REPO / args.out)
+    missing = [job for job in ("prepare", "train", "convert") if job not in plan]
+    missing += [f"eval {name}" for name in ("ppl", "sparsity", "niah") if name not in plan["eval"]]
+    if missing:
+        sys.exit(f"README.md: no demo command for {', '.join(missing)} (see readme_commands)")
+    return plan
+
+
+LOAD: list[float] = []
+"""The machine's 1-minute load average after each command: wall times mean little on a busy machine."""
+
+
+def ssa(argv: list[str]) -> float:
+    """Run `ssa ARGV` from the repository root, its output on the console; its wall time in seconds."""
+    print(f"\n$ ssa {shlex.join(argv)}", flush=True)
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "ssa_pretrain.cli", *argv], cwd=REPO, check=True)
+    LOAD.append(os.getloadavg()[0])
+    return round(time.perf_counter() - start, 1)
+
+
+def run_demo(plan: dict[str, Any]) -> dict[str, Any]:
+    """Run every command of the plan; the numbers the README quotes, with each command's wall time."""
+    import yaml
+
+    from ssa_pretrain.data.manifest import load_manifest
+    from ssa_pretrain.data.tokenizer import read_meta
+
+    seconds = {"prepare": ssa(plan["prepare"]), "train": ssa(plan["train"]), "convert": ssa(plan["convert"])}
+    for name, (argv, _) in plan["eval"].items():
+        seconds[f"eval_{name}"] = ssa(argv)
+    ssa(["plot", str(plan["run_dir"]), "--out", str(IMAGES / "demo-loss.png")])
+    shown = README.read_text()
+    for name, (_, out) in plan["eval"].items():
+        if f"docs/img/eval-{name}.png" in shown:  # the plots the README shows
+            shutil.copyfile(out / f"{name}.png", IMAGES / f"eval-{name}.png")
+
+    run_dir = plan["run_dir"]
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    tokenizer = read_meta(run_dir / "tokenizer")
+    params = subprocess.run(
+        [sys.executable, "-m", "ssa_pretrain.cli", "params", str(run_dir / "config.yaml"),
+         "--vocab-size", str(tokenizer["vocab_size"])],
+        cwd=REPO, check=True, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
+    data_dir = REPO / cfg["data"]["dir"]
+    evals = {name: json.loads((out / f"{name}.json").read_text()) for name, (_, out) in plan["eval"].items()}
+    return {
+        "date": datetime.datetime.now(datetime.UTC).date().isoformat(),
+        "cpus": os.cpu_count(),
+        "max_load": round(max(LOAD), 1),
+        "seconds": seconds,
+        "corpus_chars": tokenizer["training"]["chars_used"],
+        "vocab_size": tokenizer["vocab_size"],
+        "train_tokens": load_manifest(data_dir / "train")["num_tokens"],
+        "parameters": int(re.search(r"^total: ([\d,]+)", params, re.M).group(1).replace(",", "")),
+        "seq_len": cfg["data"]["seq_len"],
+        "block_size": cfg["ssa"]["block_size"],
+        "block_count": cfg["ssa"]["block_count"],
+        "steps": cfg["train"]["steps"],
+        "loss": [[r["step"], r["loss"]] for r in rows],
+        "val": [[r["step"], r["val_loss_full"], r["val_loss_sparse"]] for r in rows if "val_loss_full" in r],
+        "ppl": [{k: r[k] for k in ("length", "mode", "block_count", "ppl")} for r in evals["ppl"]["results"]],
+        "ppl_block_count": evals["ppl"]["default_block_count"],
+        "sparsity": {
+            "length": evals["sparsity"]["length"],
+            "block_count": evals["sparsity"]["block_count"],
+            "kl": evals["sparsity"]["kl_all_layers_sparse"],
+            "dropped": [layer["dropped_mass"] for layer in evals["sparsity"]["layers"]],
+            "dropped_bound": [
+                layer["dropped_mass_where_budget_binds"] for layer in evals["sparsity"]["layers"]
+            ],
+        },
+        "niah": {
+            "trials": evals["niah"]["trials"],
+            "chance": evals["niah"]["chance_accuracy"],
+            "accuracy": [c["accuracy"] for c in evals["niah"]["cells"]],
+            "greedy": [c["greedy"] for c in evals["niah"]["cells"]],
+        },
+    }
+
+
+# ----------------------------------------------------------------------------------------- rendering
+
+
+def _percents(values: list[float | None]) -> str:
+    return ", ".join("–" if v is None else f"{100 * v:.0f} %" for v in values)
+
+
+def _paragraph(*sentences: str) -> str:
+    """One README paragraph, wrapped as the README's prose is; on its own lines between the markers."""
+    text = " ".join(sentences)
+    return "\n" + textwrap.fill(text, 110, break_long_words=False, break_on_hyphens=False) + "\n"
+
+
+def render(n: dict[str, Any]) -> dict[str, str]:
+    """The README's regions from the numbers `run_demo` returns (a pure function of `n`)."""
+    ppl = {(r["length"], r["mode"], r["block_count"]): r["ppl"] for r in n["ppl"]}
+    k, seq = n["ppl_block_count"], n["seq_len"]
+    per_length = [
+        f"{ppl[(length, 'full', None)]:.1f} / {ppl[(length, 'sparse', k)]:.1f} at {length}"
+        + (" (the training length)" if length == seq else "")
+        for length in sorted({r["length"] for r in n["ppl"]})
+    ]
+    small = sorted({r["block_count"] for r in n["ppl"] if (r["block_count"] or k) < k})
+    own = {1: " (own block only)"}
+    at_train = ", ".join(f"K={b}{own.get(b, '')} gives {ppl[(seq, 'sparse', b)]:.1f}" for b in small)
+    s, niah, t = n["sparsity"], n["niah"], n["seconds"]
+    found = "finds the needle in some cells" if max(niah["greedy"]) > 0 else "does not find the needle"
+    accuracy = f"{min(niah['accuracy']):.3g}–{max(niah['accuracy']):.3g}"
+    greedy = f"up to {max(niah['greedy']):.3g}" if max(niah["greedy"]) > 0 else "0"
+    (first_step, first_loss), (last_step, last_loss) = n["loss"][0], n["loss"][-1]
+    val_step, val_full, val_sparse = n["val"][-1]
+    cpu, params = f"{n['cpus']}-core CPU", n["parameters"]
+    if n["max_load"] > n["cpus"]:  # the wall times are then the busy machine's
+        cpu += f" shared with other jobs, load average up to {n['max_load']:.0f}"
+    keys = n["block_count"] * n["block_size"]
+    eval_text = _paragraph(
+        f"On the CPU demo model (validation split, {cpu}; {t['eval_ppl']:.0f} s, {t['eval_sparsity']:.0f} s",
+        f"and {t['eval_niah']:.0f} s wall): perplexity full / sparse (K={k}) is {', '.join(per_length[:-1])}",
+        f"and {per_length[-1]}; at {seq} tokens, {at_train}.",
+        f"At {s['length']} tokens and K={s['block_count']}, the share of full-attention mass outside the",
+        f"blocks sparse selection picks is {_percents(s['dropped'])} in layers 0–{len(s['dropped']) - 1}",
+        f"({_percents(s['dropped_bound'])} where the budget binds); KL(full ‖ sparse) is {s['kl']:.3g}",
+        f"nats/token. The {params / 1e6:.2f}M-parameter model {found} (accuracy {accuracy} per cell of",
+        f"{niah['trials']} trials, chance {niah['chance']:.2g}; greedy exact match {greedy}): that test is",
+        "for real models.",
+    )
+    demo_text = _paragraph(
+        f"**CPU demo** (the first command above, {cpu}, {n['date']}): `ssa data prepare` builds the",
+        f"bundled corpus (World English Bible + Python docs, {n['corpus_chars'] / 1e6:.1f}M characters) into",
+        f"an {n['vocab_size'] // 1024}K BPE tokenizer and shards of {n['train_tokens'] / 1e6:.2f}M training",
+        f"tokens in {t['prepare']:.0f} s; the tiny SSA model ({params:,} parameters, {seq}-token sequences,",
+        f"sparse branch {n['block_count']} blocks × {n['block_size']} tokens) trains {n['steps']} steps in",
+        f"{t['train']:.0f} s wall in total. Training loss {first_loss:.3f} at step {first_step} →",
+        f"{last_loss:.3f} at step {last_step}; validation loss after {val_step} steps {val_full:.3f} with",
+        f"full attention and {val_sparse:.3f} with sparse attention ({keys} of up to {seq} keys per query).",
+    )
+    return {"tiny-params": f"{params / 1e6:.2f}M", "eval": eval_text, "demo": demo_text}
+
+
+def rewrite(readme: str, regions: dict[str, str]) -> str:
+    """`readme` with the body of every `readme-numbers` region replaced; every region must be rendered."""
+    found = [m["name"] for m in REGION.finditer(readme)]
+    if sorted(found) != sorted(regions):
+        raise ValueError(f"README.md regions {sorted(found)} differ from the rendered ones {sorted(regions)}")
+    return REGION.sub(lambda m: m.group(1) + regions[m["name"]] + m.group(4), readme)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--replace", action="store_true", help="delete the demo's old outputs first")
+    parser.add_argument(
+        "--render", action="store_true", help="only re-render README.md from the saved numbers"
+    )
+    args = parser.parse_args()
+    if not args.render:
+        plan = demo_plan(readme_commands(README.read_text()))
+        outputs = [plan["run_dir"], plan["hf_dir"], *(out for _, out in plan["eval"].values())]
+        present = [path for path in outputs if path.exists()]
+        if present and not args.replace:
+            sys.exit(
+                f"these would be overwritten: {' '.join(map(str, present))}; remove them or pass --replace"
+            )
+        for path in present:
+            shutil.rmtree(path)
+        numbers = run_demo(plan)
+        NUMBERS.write_text(json.dumps(numbers, indent=1) + "\n")
+    README.write_text(rewrite(README.read_text(), render(json.loads(NUMBERS.read_text()))))
+    print(f"\nwrote {NUMBERS.relative_to(REPO)}, README.md and docs/img/*.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
