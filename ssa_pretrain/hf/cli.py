@@ -19,12 +19,12 @@ def convert_command(args: argparse.Namespace) -> int:
 
 def add_convert_command(subparsers) -> None:
     """Register `ssa convert` on the `ssa` command's subparsers."""
-    from ssa_pretrain.hf import convert as module
+    from ssa_pretrain.docstrings import module_doc
 
     cmd = subparsers.add_parser(
         "convert",
         help="export a checkpoint to a Hugging Face model directory (checked against the training model)",
-        description=module.__doc__,
+        description=module_doc("ssa_pretrain.hf.convert"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     cmd.add_argument(
