@@ -48,6 +48,7 @@ from ssa_pretrain.eval.common import (
     pyplot,
     set_mode,
 )
+from ssa_pretrain.hf.modeling_ssa import CACHE_ARG  # the cache's name in the installed transformers
 
 log = logging.getLogger(__name__)
 
@@ -111,12 +112,12 @@ def score_trial(
     device = model.device
     out = model(input_ids=context[None].to(device), use_cache=True)
     first = F.log_softmax(out.logits[0, -1].float(), dim=-1)  # [V] next-token distribution after the context
-    cache = out.past_key_values
+    cache = getattr(out, CACHE_ARG)
     cache.batch_repeat_interleave(len(candidates))
     width = max(len(c) for c in candidates)
     # pad id 0: pads come after every scored token, so causal attention never lets them matter
     batch = torch.tensor([c + [0] * (width - len(c)) for c in candidates], device=device)  # [C, W]
-    rest = F.log_softmax(model(input_ids=batch, past_key_values=cache).logits.float(), -1)  # [C, W, V]
+    rest = F.log_softmax(model(input_ids=batch, **{CACHE_ARG: cache}).logits.float(), -1)  # [C, W, V]
     # [len, V] per candidate: the distribution each of its tokens is drawn from
     steps = [torch.cat([first[None], rest[i, : len(c) - 1]]) for i, c in enumerate(candidates)]
     targets = [torch.tensor(c, device=device)[:, None] for c in candidates]  # [len, 1] each
