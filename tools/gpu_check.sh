@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU checks of the training stack, for the device machine (torch 2.11, Python 3.12, no megatron/deepspeed):
+# GPU checks of the training stack on a GPU machine (torch 2.11, Python 3.12, no megatron/deepspeed):
 #   carry .whl (megatron-core 0.19.2, deepspeed 0.19.8, pydantic, webdataset, ... see docs/DEVELOPMENT.md)
 #   bash tools/gpu_check.sh "$OUT"
 # 1. installs the wheels and this package, prints versions; 2. GPU tests (model, kernels); 3. a bf16

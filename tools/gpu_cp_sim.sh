@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Context parallelism simulated on ONE GPU, in one call of the device machine (torch 2.11, Python 3.12;
+# Context parallelism simulated on ONE GPU, in one call on a GPU machine (torch 2.11, Python 3.12;
 # carry .whl as for tools/gpu_check.sh, installed by tools/gpu_setup.sh):
 #   GIT_COMMIT=<commit> bash tools/gpu_cp_sim.sh "$OUT"
 # 1. GPU tests of what the simulation relies on (hard cap 150 s): the full-attention backend API (cuDNN /

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Multi-GPU checks of context / tensor parallelism (issue 9), for the device machine with 2 or more GPUs
+# Multi-GPU checks of context / tensor parallelism, for a GPU machine with 2 or more GPUs
 # (torch 2.11, Python 3.12, no megatron/deepspeed: carry .whl, installed by tools/gpu_setup.sh), in one call:
 #   bash tools/gpu_multi.sh "$OUT"
 # (a) NCCL / bf16 gradient equivalence with one GPU: tests/distributed/test_parallel_gradients_gpu.py
@@ -18,7 +18,7 @@
 # from the start of this script, setup included); a part with too little time left is skipped and said so.
 # OUT/summary.txt: what ran, how long, how it ended, and the key numbers. Exit status 0 when nothing failed.
 #
-# Left out (does not fit BUDGET next to the parts above): issue 9's "a sequence that does not fit one GPU's
+# Left out (does not fit BUDGET next to the parts above): "a sequence that does not fit one GPU's
 # memory trains on two" — e.g. the 1B model at 128K with train.recompute=full, 1 GPU (expected to run out of
 # memory: unmeasured, the cost model does not model memory under full recompute) against layout cp on 2 GPUs:
 #   python3 tools/bench_scaling.py --seqlens 131072 --warmup 1 --steps 1 train.recompute=full \

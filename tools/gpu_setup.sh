@@ -1,4 +1,4 @@
-# Sourced on the device machine (torch 2.11, Python 3.12, no megatron-core / DeepSpeed) by tools/gpu_check.sh
+# Sourced on a GPU machine (torch 2.11, Python 3.12, no megatron-core / DeepSpeed) by tools/gpu_check.sh
 # and tools/gpu_multi.sh, from the repository root, with the run's output folder as $1:
 #   . tools/gpu_setup.sh "$OUT" || exit 1
 # Installs the carried wheels (.whl: megatron-core 0.19.2, DeepSpeed 0.19.8, pydantic, webdataset, ... see
