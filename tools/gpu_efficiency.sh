@@ -25,33 +25,13 @@ GRACE=5  # seconds between timeout's TERM and KILL
 mkdir -p "$OUT/logs"
 OUT=$(cd "$OUT" && pwd)
 JSONL=$OUT/bench_efficiency.jsonl
-say() { echo "[gpu_efficiency $(date +%T) +${SECONDS}s] $*" | tee -a "$OUT/summary.txt"; }
-failed=0
-
-# part NAME MAX RESERVE COMMAND...: COMMAND under timeout min(MAX, time left - RESERVE - GRACE) seconds, output
-# in OUT/logs/NAME.log; RESERVE is what the parts after it need.
-part() {
-    local name=$1 max=$2 reserve=$3 log=$OUT/logs/$1.log
-    shift 3
-    local limit=$((BUDGET - SECONDS - reserve - GRACE))
-    [ "$limit" -gt "$max" ] && limit=$max
-    if [ "$limit" -lt 25 ]; then
-        say "$name: skipped, ${limit}s left for it"
-        return 125
-    fi
-    say "$name: up to ${limit}s: $*"
-    local start=$SECONDS rc verdict=ok
-    timeout -k "$GRACE" "$limit" "$@" >"$log" 2>&1
-    rc=$?
-    if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
-        verdict="TIMED OUT after ${limit}s (lines written so far are kept)"
-        failed=1
-    elif [ "$rc" != 0 ]; then
-        verdict="FAILED (exit $rc)"
-        failed=1
-    fi
-    say "$name: $verdict, $((SECONDS - start))s (log: logs/$name.log)"
-    grep -E "^(variant|anchor|full|sparse|ssa) " "$log" | tee -a "$OUT/summary.txt"
+SCRIPT=gpu_efficiency MIN_PART_S=25
+. tools/gpu_parts.sh  # say, part
+# bench NAME MAX RESERVE COMMAND...: a part whose result lines also go into the summary
+bench() {
+    part "$@"
+    local rc=$?
+    grep -E "^(variant|anchor|full|sparse|ssa) " "$OUT/logs/$1.log" 2>/dev/null | tee -a "$OUT/summary.txt"
     return "$rc"
 }
 
@@ -62,20 +42,20 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-8} PYTORCH_CUDA_ALLOC_CONF=expandable_
 BENCH=(python3 tools/bench_train.py --out "$JSONL")
 
 # (a) 1B, 8K: every variant, micro-batch 1 and 2
-part 1b_8k 175 85 "${BENCH[@]}" --variants ssa full anchor sparse --micro-batch 1 2 --warmup 2 --steps 4 \
+bench 1b_8k 175 85 "${BENCH[@]}" --variants ssa full anchor sparse --micro-batch 1 2 --warmup 2 --steps 4 \
     --split --memory
 
 # (b) ~40M, 2K, micro-batch 32 (the ablation scale)
-part 40m_2k 60 30 "${BENCH[@]}" --variants full sparse ssa --seq-len 2048 --micro-batch 32 --vocab-size 32000 \
+bench 40m_2k 60 30 "${BENCH[@]}" --variants full sparse ssa --seq-len 2048 --micro-batch 32 --vocab-size 32000 \
     --warmup 2 --steps 5 --split --memory model.num_layers=8 model.hidden_size=512 \
     model.num_attention_heads=8 model.num_kv_heads=2 model.ffn_hidden_size=1536
 
 # (c) the longest sequence for ssa with full recomputation: from 64K down, stops at the first that fits
-part seq_sweep 120 0 "${BENCH[@]}" --variants ssa --seq-len 16384 32768 65536 --longest \
+bench seq_sweep 120 0 "${BENCH[@]}" --variants ssa --seq-len 16384 32768 65536 --longest \
     --micro-batch 1 --warmup 1 --steps 2 train.recompute=full
 
 # (d) the fused linear cross-entropy (no [tokens, vocab] logits kept), if time is left
-part fused_ce 70 0 "${BENCH[@]}" --variants full ssa --micro-batch 2 --warmup 2 --steps 4 --cross-entropy fused
+bench fused_ce 70 0 "${BENCH[@]}" --variants full ssa --micro-batch 2 --warmup 2 --steps 4 --cross-entropy fused
 
 {
     echo "================================ summary (${SECONDS}s of ${BUDGET}s)"

@@ -39,38 +39,8 @@ SCALING_MODEL=${SCALING_MODEL:-configs/model/1b.yaml}
 SCALING_SEQLEN=${SCALING_SEQLEN:-32768}
 mkdir -p "$OUT/logs"
 OUT=$(cd "$OUT" && pwd)
-say() { echo "[gpu_multi $(date +%T) +${SECONDS}s] $*" | tee -a "$OUT/summary.txt"; }
-declare -a RESULTS=()
-failed=0
-
-# part NAME MAX RESERVE COMMAND...: COMMAND under timeout min(MAX, time left - RESERVE - GRACE) seconds, output
-# in OUT/logs/NAME.log; RESERVE is what the parts after it need. Skipped below 30 s. Returns COMMAND's status.
-part() {
-    local name=$1 max=$2 reserve=$3 log=$OUT/logs/$1.log
-    shift 3
-    local limit=$((BUDGET - SECONDS - reserve - GRACE))
-    [ "$limit" -gt "$max" ] && limit=$max
-    if [ "$limit" -lt 30 ]; then
-        RESULTS+=("$name: SKIPPED (${limit}s left for it)")
-        say "$name: skipped, ${limit}s left for it"
-        return 125
-    fi
-    say "$name: up to ${limit}s: $*"
-    local start=$SECONDS rc
-    timeout -k "$GRACE" "$limit" "$@" >"$log" 2>&1
-    rc=$?
-    local verdict=ok
-    if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
-        verdict="TIMED OUT after ${limit}s"
-        failed=1
-    elif [ "$rc" != 0 ]; then
-        verdict="FAILED (exit $rc)"
-        failed=1
-    fi
-    RESULTS+=("$name: $verdict, $((SECONDS - start))s")
-    say "$name: $verdict, $((SECONDS - start))s (log: logs/$name.log)"
-    return "$rc"
-}
+SCRIPT=gpu_multi
+. tools/gpu_parts.sh  # say, part, RESULTS, failed
 
 # ------------------------------------------------------------------------------------------------ setup
 . tools/gpu_setup.sh "$OUT" >/dev/null || { say "setup failed (wheels / editable install)"; exit 1; }
