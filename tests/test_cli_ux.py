@@ -151,12 +151,10 @@ def test_progress_bar_shows_an_eta_from_the_second_log_step():
 # ------------------------------------------------------------------------------------ README numbers
 
 
-@pytest.fixture(scope="module")
-def readme_numbers():
-    spec = importlib.util.spec_from_file_location("readme_numbers", REPO / "tools" / "readme_numbers.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+@pytest.fixture
+def readme_numbers(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "tools"))
+    return importlib.import_module("readme_numbers")
 
 
 def test_readme_numbers_are_rendered_from_the_saved_numbers(readme_numbers):

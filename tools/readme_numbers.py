@@ -31,13 +31,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import doc_regions  # tools/, beside this script
+
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
 NUMBERS = REPO / "docs" / "readme-numbers.json"
 IMAGES = REPO / "docs" / "img"
-REGION = re.compile(
-    r"(<!-- readme-numbers:(?P<name>[\w-]+) -->)(?P<body>.*?)(<!-- /readme-numbers:(?P=name) -->)", re.S
-)
 DEMO_PATH = re.compile(r"(?<![\w/])(runs|hf|eval)/demo")
 
 
@@ -218,10 +217,7 @@ def render(n: dict[str, Any]) -> dict[str, str]:
 
 def rewrite(readme: str, regions: dict[str, str]) -> str:
     """`readme` with the body of every `readme-numbers` region replaced; every region must be rendered."""
-    found = [m["name"] for m in REGION.finditer(readme)]
-    if sorted(found) != sorted(regions):
-        raise ValueError(f"README.md regions {sorted(found)} differ from the rendered ones {sorted(regions)}")
-    return REGION.sub(lambda m: m.group(1) + regions[m["name"]] + m.group(4), readme)
+    return doc_regions.rewrite(readme, "readme-numbers", regions)
 
 
 def main() -> int:

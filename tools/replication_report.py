@@ -5,7 +5,8 @@
 Reads `RESULTS/runs/<run>/{metrics.jsonl,config.yaml,status.json}`, `RESULTS/eval/<run>/{ppl,ppl-rope4,
 sparsity,niah}.json` (the outputs of `ssa eval`), `RESULTS/sweep_run.txt` (the local runner's log, for the
 wall-clock) and `RESULTS/stability/*.metrics.jsonl`; writes the figures `repl-*.png` into `--img` and
-replaces each region `<!-- results:NAME -->` … `<!-- /results:NAME -->` of `--doc` with its table, so the
+replaces each region `<!-- results:NAME -->` … `<!-- /results:NAME -->` of `--doc` with its table
+(`doc_regions.py`), so the
 document cannot drift from the numbers. Nothing is computed here that the eval outputs do not hold, except
 means over layers and the orderings' checks, which are printed with their inputs.
 """
@@ -18,6 +19,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import doc_regions  # tools/, beside this script
 import matplotlib
 
 matplotlib.use("Agg")
@@ -255,16 +257,6 @@ def plot_budget(runs: dict[str, dict], path: Path) -> None:
     plt.close(fig)
 
 
-def replace_marked(text: str, name: str, content: str) -> str:
-    """`text` with the region between `<!-- results:NAME -->` and `<!-- /results:NAME -->` replaced."""
-    pattern = re.compile(rf"(<!-- results:{name} -->\n).*?(<!-- /results:{name} -->)", re.DOTALL)
-    if not pattern.search(text):
-        raise SystemExit(
-            f"error: no <!-- results:{name} --> … <!-- /results:{name} --> region in the document"
-        )
-    return pattern.sub(lambda m: m.group(1) + content + "\n" + m.group(2), text)
-
-
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("results", type=Path, help="results folder (runs/, eval/, sweep_run.txt, stability/)")
@@ -275,11 +267,10 @@ def main(argv: list[str] | None = None) -> None:
     main_runs = {n: runs[n] for n in MAIN if n in runs}
     plot_losses(runs, args.results / "stability", args.img / "repl-loss.png")
     plot_budget(main_runs, args.img / "repl-budget.png")
-    text = args.doc.read_text()
-    for name, table in (("main", main_table(runs)), ("budget", budget_table(runs)),
-                        ("layers", layer_table(main_runs)), ("orderings", orderings(runs))):  # fmt: skip
-        text = replace_marked(text, name, table)
-    args.doc.write_text(text)
+    tables = {"main": main_table(runs), "budget": budget_table(runs), "layers": layer_table(main_runs),
+              "orderings": orderings(runs)}  # fmt: skip
+    regions = {name: f"\n{table}\n" for name, table in tables.items()}
+    args.doc.write_text(doc_regions.rewrite(args.doc.read_text(), "results", regions))
     print(orderings(runs))
 
 

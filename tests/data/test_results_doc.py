@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import shutil
+
+import pytest
 
 from tests.helpers import REPO
 
-_spec = importlib.util.spec_from_file_location("replication_report", REPO / "tools" / "replication_report.py")
-replication_report = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(replication_report)
+
+@pytest.fixture
+def tools(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "tools"))
+    return importlib.import_module("replication_report"), importlib.import_module("doc_regions")
 
 
-def test_results_doc_matches_the_committed_results(tmp_path):
+def test_results_doc_matches_the_committed_results(tmp_path, tools):
+    replication_report, _ = tools
     doc = tmp_path / "RESULTS.md"
     shutil.copy(REPO / "docs/RESULTS.md", doc)
     replication_report.main(
@@ -24,11 +29,12 @@ def test_results_doc_matches_the_committed_results(tmp_path):
     ).stat().st_size > 0
 
 
-def test_replace_marked_names_a_missing_region():
-    import pytest
-
-    assert replication_report.replace_marked(
-        "a\n<!-- results:x -->\nold\n<!-- /results:x -->\n", "x", "new"
-    ) == ("a\n<!-- results:x -->\nnew\n<!-- /results:x -->\n")
-    with pytest.raises(SystemExit, match="no <!-- results:y -->"):
-        replication_report.replace_marked("text", "y", "new")
+def test_rewrite_names_a_missing_region(tools):
+    _, doc_regions = tools
+    text = "a\n<!-- results:x -->\nold\n<!-- /results:x -->\n"
+    assert (
+        doc_regions.rewrite(text, "results", {"x": "\nnew\n"})
+        == "a\n<!-- results:x -->\nnew\n<!-- /results:x -->\n"
+    )
+    with pytest.raises(ValueError, match=r"regions \[\] differ from the rendered ones \['y'\]"):
+        doc_regions.rewrite("text", "results", {"y": "new"})
