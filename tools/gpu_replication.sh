@@ -29,11 +29,7 @@ SWEEP=/tmp/repl
 RESULTS=/tmp/repl-results
 rm -rf "$RESULTS" /tmp/hf
 mkdir -p "$RESULTS"
-if [ ! -f "$DATA/train/manifest.json" ]; then
-    ssa data shards data/build/tech-mix.jsonl.xz --tokenizer data/build/tech-mix-tokenizer --out "$DATA" \
-        --seq-len 2048 --valid-fraction 0.01 --workers 16 2>&1 | tail -n 3 | tee "$RESULTS/shards.txt"
-fi
-[ -e "$DATA/tokenizer" ] || cp -r data/build/tech-mix-tokenizer "$DATA/tokenizer"  # where training looks
+bash tools/tech_mix_data.sh "$DATA" | tee "$RESULTS/shards.txt"
 log "shards ready"
 # shellcheck disable=SC2086
 ssa sweep plan configs/sweeps/replication-40m.yaml --out "$SWEEP" "data.dir=$DATA" ${OVERRIDES:-} \

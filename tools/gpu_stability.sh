@@ -12,11 +12,7 @@ TRAIN_S=${2:-240}
 mkdir -p "$OUT"
 . tools/gpu_setup.sh "$OUT" || exit 1
 DATA=/tmp/tech-mix
-if [ ! -f "$DATA/train/manifest.json" ]; then
-    ssa data shards data/build/tech-mix.jsonl.xz --tokenizer data/build/tech-mix-tokenizer --out "$DATA" \
-        --seq-len 2048 --valid-fraction 0.01 --workers 16 > /dev/null 2>&1
-fi
-[ -e "$DATA/tokenizer" ] || cp -r data/build/tech-mix-tokenizer "$DATA/tokenizer"
+bash tools/tech_mix_data.sh "$DATA" > /dev/null
 RES=/tmp/stability && rm -rf "$RES" /tmp/stab-runs && mkdir -p "$RES"
 common=(configs/train/40m-2k.yaml "data.dir=$DATA" train.log_interval=8 train.save_interval=100000
         logging.progress=false)
