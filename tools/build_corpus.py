@@ -318,7 +318,7 @@ class TextOfHtml(html.parser.HTMLParser):
         self.stack: list[tuple[str, bool]] = []  # (tag, starts a skipped subtree)
         self.skip = self.pre = 0
         self.parts: list[str] = []
-        self.root: list[str] | None = None  # text inside the content root, once one is seen
+        self.in_root = False  # whether the content root has begun
 
     def _skipped(self, tag: str, attrs: dict[str, str | None]) -> bool:
         classes = set((attrs.get("class") or "").split())
@@ -330,8 +330,8 @@ class TextOfHtml(html.parser.HTMLParser):
             self.parts.append("\n\n" if tag != "br" else "\n")
         if tag in self.VOID:
             return
-        if self.root is None and (tag == "main" or a.get("role") == "main" or a.get("id") == "yui-main"):
-            self.root, self.parts = self.parts, []  # start over: only the content root counts
+        if not self.in_root and (tag == "main" or a.get("role") == "main" or a.get("id") == "yui-main"):
+            self.in_root, self.parts = True, []  # start over: only the content root counts
         skipped = self._skipped(tag, a)
         self.skip += skipped
         self.pre += tag == "pre"
