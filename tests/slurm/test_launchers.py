@@ -27,7 +27,9 @@ from tests.slurm.conftest import slurm_unavailable
 _why = slurm_unavailable()
 pytestmark = [pytest.mark.slurm, pytest.mark.skipif(_why is not None, reason=f"Slurm tests skipped: {_why}")]
 
-STEPS = 40
+# Enough steps (~0.06 s each on 2 CPUs) that the preemption signal, sent after step 3, lands mid-run even on
+# a loaded machine: with 40 the run could finish before `scancel` delivered it.
+STEPS = 300
 FAST = [
     "data.seq_len=64",
     "ssa.block_size=8",
@@ -36,9 +38,9 @@ FAST = [
     "train.micro_batch_size=2",
     "train.global_batch_size=4",
     "train.log_interval=1",
-    "train.eval_interval=20",
+    f"train.eval_interval={STEPS // 2}",
     "train.eval_batches=2",
-    "train.save_interval=100",  # checkpoints only where a signal asks and at the end
+    f"train.save_interval={STEPS * 10}",  # checkpoints only where a signal asks and at the end
     "logging.wandb=disabled",
 ]
 # 2 tasks (gloo) on the CI node's 2 CPUs; GPUs off.
@@ -86,14 +88,15 @@ def test_pretrain_trains_two_tasks_and_checkpoints(straight_run):
     assert "tasks=2" in launcher and "exited with 0; status.json: completed" in launcher
 
 
-def wait_for(predicate, timeout: float, what: str, poll: float = 0.1):
+def wait_for(predicate, timeout: float, what: str, poll: float = 0.1, detail=lambda: ""):
+    """Poll `predicate` until it is truthy; on timeout fail with `detail()` (the job's state and logs)."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         value = predicate()
         if value:
             return value
         time.sleep(poll)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n{detail()}")
 
 
 def test_preempted_job_saves_requeues_and_resumes_with_the_same_losses(
@@ -107,16 +110,23 @@ def test_preempted_job_saves_requeues_and_resumes_with_the_same_losses(
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     job = proc.stdout.strip().split(";")[0]
+
+    def state() -> str:
+        return f"scontrol: {job_fields(job)}\n{logs(run_dir)}"
+
     try:
         metrics = run_dir / "metrics.jsonl"
         wait_for(
-            lambda: metrics.is_file() and len(metrics.read_text().splitlines()) >= 3, 240, "3 logged steps"
+            lambda: metrics.is_file() and len(metrics.read_text().splitlines()) >= 3,
+            240,
+            "3 logged steps",
+            detail=state,
         )
         # What Slurm does at --signal=B:USR1@120 before the time limit, delivered now.
         subprocess.run(["scancel", "--batch", "--signal=USR1", job], check=True, timeout=30)
         wait_for(
             lambda: (f := job_fields(job)).get("Restarts") == "1" and f.get("JobState") == "PENDING",
-            120, "the requeue",
+            120, "the requeue", detail=state,
         )  # fmt: skip
         # A requeued job waits for its begin time (~40 s on this Slurm); start it sooner. Not within the
         # second of the requeue: slurmd rejects credentials issued in the second it revoked the old ones
@@ -125,7 +135,11 @@ def test_preempted_job_saves_requeues_and_resumes_with_the_same_losses(
         subprocess.run(["scontrol", "update", f"jobid={job}", "StartTime=now"], timeout=30, check=False)
         done = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}
         final = wait_for(
-            lambda: (f := job_fields(job)).get("JobState") in done and f, 300, "the rerun to finish", poll=0.5
+            lambda: (f := job_fields(job)).get("JobState") in done and f,
+            300,
+            "the rerun to finish",
+            poll=0.5,
+            detail=state,
         )
     finally:
         subprocess.run(["scancel", job], timeout=30, check=False)
