@@ -8,6 +8,10 @@ tied embeddings); SSA adds the sparse attention budget and a per-head sigmoid ou
 (`from_pretrained(dir, trust_remote_code=True, inference_mode="sparse", block_count=8)`) or later through
 `model.config`: every forward reads them. Every assignment is checked (transformers sets load-time overrides
 after `__init__`), so a bad value fails there with the field named, not at the first forward.
+
+`inference_mode="elastic"` runs each key/value head of each sequence in the mode that a per-layer router
+(Elastic Attention) picks from the prompt; `router` holds the router's shape (`ssa elastic train` writes it
+with the router's weights). An export without a router runs `full` or `sparse` only.
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ from typing import ClassVar
 
 from transformers import PretrainedConfig
 
-INFERENCE_MODES = ("full", "sparse")
+INFERENCE_MODES = ("full", "sparse", "elastic")
+ROUTER_FIELDS = {"pool_tokens", "hidden_multiple"}
 POSITIVE_INTS = ("block_size", "block_count", "attention_chunk_size")
 
 
@@ -49,13 +54,15 @@ class SSAConfig(PretrainedConfig):
         block_size: int = 16,
         block_count: int = 16,
         attention_chunk_size: int = 256,
+        router: dict | None = None,
         bos_token_id: int | None = 1,
         eos_token_id: int | None = 2,
         pad_token_id: int | None = 3,
         **kwargs,
     ):
         """Defaults are the released 1B SSA model's; `attention_chunk_size` bounds the query positions
-        scored at once (peak memory `[batch, chunk, heads, keys]` fp32)."""
+        scored at once (peak memory `[batch, chunk, heads, keys]` fp32); `router`: `{"pool_tokens": P,
+        "hidden_multiple": M}` of the elastic router (None: no router)."""
         self.vocab_size = vocab_size
         self.hidden_size = hidden_size
         self.intermediate_size = intermediate_size
@@ -77,6 +84,7 @@ class SSAConfig(PretrainedConfig):
         self.block_size = block_size
         self.block_count = block_count
         self.attention_chunk_size = attention_chunk_size
+        self.router = router
         super().__init__(
             bos_token_id=bos_token_id,
             eos_token_id=eos_token_id,
@@ -94,9 +102,25 @@ class SSAConfig(PretrainedConfig):
         """Refuse an attention setting the model cannot run: ValueError naming the field and its values."""
         if name == "inference_mode" and value not in INFERENCE_MODES:
             raise ValueError(f"inference_mode must be one of {INFERENCE_MODES}, got {value!r}")
-        if name in POSITIVE_INTS and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        if name in POSITIVE_INTS and not _positive_int(value):
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if (
+            name == "router"
+            and value is not None
+            and not (
+                isinstance(value, dict)
+                and set(value) == ROUTER_FIELDS
+                and all(map(_positive_int, value.values()))
+            )
+        ):
+            raise ValueError(
+                f"router must be None or a dict of positive ints {sorted(ROUTER_FIELDS)}, got {value!r}"
+            )
         super().__setattr__(name, value)
+
+
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 __all__ = ["SSAConfig"]

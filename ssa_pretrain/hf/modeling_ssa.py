@@ -14,6 +14,9 @@ The attention, exactly (shapes `q [B, T, HQ, D]`, `k, v [B, S, HKV, D]`, `G = HQ
   `s[t, j] = Σ_{h in group} p_h[t, j]`; the query attends causally to its own block and the `K − 1`
   best-scoring past blocks (equal scores: lower block index first).
 
+* `elastic` (Elastic Attention): a router per layer picks, from the prompt, for every key/value head of every
+  row whether it runs `full` or `sparse` (`HeadRouter`); decoding keeps the prompt's choice (in `SSACache`).
+
 Why it is written here and not imported from `ssa_kernels`: the exported model must run without our
 package, and the reference ops assume a row's positions are its tensor indices `0 … T−1` with no cache. Here
 every key and query carries its own position (left padding shifts a row; decoding appends one query to `S`
@@ -34,6 +37,7 @@ import dataclasses
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import Cache, DynamicCache, GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
@@ -235,18 +239,99 @@ def ssa_attention(
     return torch.cat(outputs, dim=1).to(q.dtype)
 
 
+def elastic_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    q_pos: torch.Tensor,
+    k_pos: torch.Tensor,
+    kbar: torch.Tensor,
+    sparse_heads: torch.Tensor,
+    block_size: int,
+    block_count: int,
+    chunk_size: int,
+    plain: bool = False,
+) -> torch.Tensor:
+    """`ssa_attention` with a mode per row and key/value head (the query heads of its group follow it).
+
+    Args:
+        sparse_heads: `[B, HKV]`, True / 1 = sparse. Bool (the router's decision): each head's output is
+            exactly that of its mode; a plain prefill on CUDA runs `ssa_kernels.mixed_attention` (each mode
+            only on its heads). Float 0/1 with the router's straight-through gradient (router training):
+            `full + m · (sparse − full)` from both modes on every head, so the router learns what its choice
+            changes.
+        Others as `ssa_attention` (`kbar` always given).
+    """
+    if sparse_heads.dtype == torch.bool:
+        if not sparse_heads.any():
+            return ssa_attention(q, k, v, q_pos, k_pos, None, block_size, block_count, chunk_size, plain)
+        if sparse_heads.all():
+            return ssa_attention(q, k, v, q_pos, k_pos, kbar, block_size, block_count, chunk_size, plain)
+        if kernels_apply(q, plain):
+            return ssa_kernels.mixed_attention(q, k, v, sparse_heads, block_size, block_count)
+    full = ssa_attention(q, k, v, q_pos, k_pos, None, block_size, block_count, chunk_size, plain)
+    part = ssa_attention(q, k, v, q_pos, k_pos, kbar, block_size, block_count, chunk_size, plain)
+    full, part = (o.unflatten(2, (sparse_heads.shape[1], -1)) for o in (full, part))  # [B, T, HKV, G, D]
+    m = sparse_heads[:, None, :, None, None]  # [B, 1, HKV, 1, 1]
+    out = torch.where(m, part, full) if m.dtype == torch.bool else full + m.to(full.dtype) * (part - full)
+    return out.flatten(2, 3)
+
+
+class HeadRouter(nn.Module):
+    """Elastic Attention's router of one layer: full (FA) or sparse (SA) attention per key/value head.
+
+    Its input is the layer's keys before RoPE, mean-pooled per head over the first and the last `pool_tokens`
+    tokens of the prompt (boundary pooling) and normalized; a task MLP and then a router MLP (hidden
+    `hidden_multiple × head_dim`, shared by the layer's heads) plus a per-head bias give the logits
+    `[B, HKV, 2]` of (FA, SA). Training draws a hard Gumbel-softmax sample at `temperature` with a
+    straight-through gradient; inference takes the arg-max.
+    """
+
+    def __init__(self, head_dim: int, num_kv_heads: int, pool_tokens: int, hidden_multiple: int):
+        super().__init__()
+        hidden = hidden_multiple * head_dim
+        self.pool_tokens = pool_tokens
+        self.task = nn.Sequential(nn.Linear(head_dim, hidden), nn.SiLU(), nn.Linear(hidden, head_dim))
+        self.route = nn.Sequential(nn.Linear(head_dim, hidden), nn.SiLU(), nn.Linear(hidden, 2))
+        self.head_bias = nn.Embedding(num_kv_heads, 2)  # an Embedding: transformers initializes it
+        self.temperature = 1.0  # of the Gumbel-softmax; set by the router's training schedule
+
+    def pool(self, k: torch.Tensor, q_pos: torch.Tensor) -> torch.Tensor:
+        """Boundary pooling: k `[B, T, HKV, D]` at positions `q_pos [B, T]` (negative: padding) ->
+        `[B, HKV, D]` fp32, layer-normed (the router sees the keys' direction, not their scale)."""
+        length = q_pos.max(1).values + 1  # [B]
+        near = (q_pos >= 0) & ((q_pos < self.pool_tokens) | (q_pos >= (length - self.pool_tokens)[:, None]))
+        weight = near.float() / near.sum(1, keepdim=True).clamp(min=1)  # [B, T]
+        pooled = torch.einsum("bt,bthd->bhd", weight, k.float())
+        return F.layer_norm(pooled, pooled.shape[-1:])
+
+    def forward(self, k: torch.Tensor, q_pos: torch.Tensor) -> torch.Tensor:
+        """Logits `[B, HKV, 2]` (FA, SA) in fp32 from the prompt's keys (see `pool`)."""
+        h = self.pool(k, q_pos).to(self.head_bias.weight.dtype)
+        return (self.route(self.task(h)) + self.head_bias.weight).float()
+
+    def decide(self, logits: torch.Tensor) -> torch.Tensor:
+        """`[B, HKV]` sparse or not: bool arg-max in eval mode; in training a hard Gumbel-softmax sample,
+        0/1 floats whose gradient is that of the soft sample (straight-through)."""
+        if not self.training:
+            return logits[..., 1] > logits[..., 0]
+        return F.gumbel_softmax(logits, tau=self.temperature, hard=True)[..., 1]
+
+
 class SSACache(DynamicCache):
     """transformers' `DynamicCache` (keys/values) plus, per layer, the means of the complete key blocks.
 
     A decoding step computes the means of the blocks that its new keys complete and reuses the others.
     Anything that rearranges the cache (beam reordering, cropping) drops the means; they are then
-    recomputed from the cached keys, which gives the same values.
+    recomputed from the cached keys, which gives the same values. In elastic mode it also keeps the head
+    modes the routers chose for the prompt, `head_modes [L, B, HKV]` bool, which every decoding step uses.
     """
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         # layer -> (block_size, offsets [B], number of keys, means [B, NB, HKV, D])
         self.block_means: dict[int, tuple[int, torch.Tensor, int, torch.Tensor]] = {}
+        self.head_modes: torch.Tensor | None = None
 
     def means(self, layer_idx: int, k: torch.Tensor, offsets: torch.Tensor, num_new: int, block_size: int):
         """Block means `[B, NB, HKV, D]` of all keys `k [B, S, HKV, D]` after `num_new` were appended."""
@@ -268,6 +353,8 @@ class SSACache(DynamicCache):
     def reorder_cache(self, beam_idx: torch.LongTensor):
         super().reorder_cache(beam_idx)
         self.block_means.clear()
+        if self.head_modes is not None:
+            self.head_modes = self.head_modes[:, beam_idx.to(self.head_modes.device)]
 
     def crop(self, tokens_to_remove: int):
         super().crop(tokens_to_remove)
@@ -276,14 +363,19 @@ class SSACache(DynamicCache):
     def batch_repeat_interleave(self, repeats: int):
         super().batch_repeat_interleave(repeats)
         self.block_means.clear()
+        if self.head_modes is not None:
+            self.head_modes = self.head_modes.repeat_interleave(repeats, dim=1)
 
     def batch_select_indices(self, indices: torch.Tensor):
         super().batch_select_indices(indices)
         self.block_means.clear()
+        if self.head_modes is not None:
+            self.head_modes = self.head_modes[:, indices]
 
     def reset(self):
         super().reset()
         self.block_means.clear()
+        self.head_modes = None
 
 
 # ----------------------------------------------------------------------------------------- the model
@@ -305,6 +397,11 @@ class SSAAttention(nn.Module):
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, hidden, bias=False)
         # g = sigmoid(W_g x): one gate per head on the attention output (NSA / released SSA models)
         self.gate_proj = nn.Linear(hidden, self.num_heads, bias=False) if config.output_gate else None
+        self.router = (
+            HeadRouter(self.head_dim, self.num_kv_heads, **config.router)
+            if config.router is not None
+            else None
+        )
 
     def forward(
         self,
@@ -316,13 +413,18 @@ class SSAAttention(nn.Module):
         offsets: torch.Tensor,
         cache: Cache | None,
         plain: bool,
+        head_modes: list[torch.Tensor | None],
     ) -> torch.Tensor:
         """x `[B, T, hidden]` (normed), RoPE `cos/sin [B, T, D]`, positions `q_pos [B, T]`, `k_pos [B, S]`;
-        `plain`: a prefill without padding (see `ssa_attention`)."""
+        `plain`: a prefill without padding (see `ssa_attention`); `head_modes`: per layer, elastic mode's
+        `[B, HKV]` sparse heads, None where this layer's router is to decide (it fills the entry in)."""
         batch, length, _ = x.shape
         q = self.q_proj(x).view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)  # [B, HQ, T, D]
         k = self.k_proj(x).view(batch, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(batch, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        cfg = self.config
+        if cfg.inference_mode == "elastic" and head_modes[self.layer_idx] is None:
+            head_modes[self.layer_idx] = self.router.decide(self.router(k.transpose(1, 2), q_pos))
         q, k = apply_rotary_pos_emb(q, k, cos, sin)
         if cache is not None:
             k, v = cache.update(k, v, self.layer_idx)  # [B, HKV, S, D]
@@ -333,16 +435,18 @@ class SSAAttention(nn.Module):
                     "(SSACache or DynamicCache), not a fixed-size one"
                 )
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, T or S, heads, D]
-        cfg, kbar = self.config, None
-        if cfg.inference_mode == "sparse":
+        kbar = None
+        if cfg.inference_mode != "full":
             if isinstance(cache, SSACache):
                 kbar = cache.means(self.layer_idx, k, offsets, length, cfg.block_size)
             else:
                 last = int((k.shape[1] - offsets.min()) // cfg.block_size)
                 kbar = block_means(k, offsets, 0, last, cfg.block_size)
-        out = ssa_attention(
-            q, k, v, q_pos, k_pos, kbar, cfg.block_size, cfg.block_count, cfg.attention_chunk_size, plain
-        )  # [B, T, HQ, D]
+        blocks = (cfg.block_size, cfg.block_count, cfg.attention_chunk_size, plain)
+        if cfg.inference_mode == "elastic":
+            out = elastic_attention(q, k, v, q_pos, k_pos, kbar, head_modes[self.layer_idx], *blocks)
+        else:
+            out = ssa_attention(q, k, v, q_pos, k_pos, kbar, *blocks)  # [B, T, HQ, D]
         if self.gate_proj is not None:
             out = (out * torch.sigmoid(self.gate_proj(x).float()).unsqueeze(-1)).to(x.dtype)
         return self.o_proj(out.reshape(batch, length, -1))
@@ -401,10 +505,16 @@ class SSAModel(SSAPreTrainedModel):
         cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
+        head_modes: torch.Tensor | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
         """input_ids `[B, T]` (or inputs_embeds `[B, T, hidden]`), attention_mask `[B, past + T]`; the cache
-        (`cache`, or `past_key_values` as older transformers name it) is extended in place."""
+        (`cache`, or `past_key_values` as older transformers name it) is extended in place.
+
+        Elastic mode: `head_modes [L, B, HKV]` bool (True = sparse) fixes every head's mode; without it a
+        prefill asks the routers and a decoding step reuses the modes the cache kept from its prefill. The
+        modes used are left in `last_head_modes` (per layer `[B, HKV]`; the router's straight-through
+        samples while it trains)."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         cache = cache_argument(cache, kwargs)
@@ -418,11 +528,50 @@ class SSAModel(SSAPreTrainedModel):
         k_pos = torch.arange(past + length, device=x.device)[None] - offsets[:, None]  # [B, S]
         q_pos = k_pos[:, past:]  # [B, T]
         plain = past == 0 and not bool(offsets.any())  # a prefill without padding: once, not per layer
+        modes = self.elastic_modes(head_modes, cache, past, batch)
         cos, sin = self.rotary_emb(x, q_pos.clamp(min=0))
         for layer in self.layers:
-            x = layer(x, cos, sin, q_pos, k_pos, offsets, cache, plain)
+            x = layer(x, cos, sin, q_pos, k_pos, offsets, cache, plain, modes)
         x = self.norm(x)
+        if self.config.inference_mode == "elastic":
+            self.last_head_modes = modes
+            if cache is not None and cache.head_modes is None:
+                cache.head_modes = torch.stack(
+                    [m.bool() if m.dtype == torch.bool else m > 0.5 for m in modes]
+                )
         return with_cache(BaseModelOutputWithPast, cache if use_cache else None, last_hidden_state=x)
+
+    def elastic_modes(
+        self, head_modes: torch.Tensor | None, cache: Cache | None, past: int, batch: int
+    ) -> list[torch.Tensor | None]:
+        """The per-layer head modes a forward starts from (None: the layer's router decides); checks that
+        elastic mode has a router, a cache that keeps the modes and modes of the right shape."""
+        cfg, layers = self.config, self.config.num_hidden_layers
+        if cfg.inference_mode != "elastic":
+            return [None] * layers
+        if cfg.router is None:
+            raise ValueError(
+                "inference_mode='elastic' needs a router and this model has none: train one with "
+                "`ssa elastic train CONFIG`, or use inference_mode 'full' or 'sparse'"
+            )
+        if cache is not None and not isinstance(cache, SSACache):
+            raise ValueError(
+                f"elastic mode decodes with an SSACache (it keeps the prompt's head modes), got "
+                f"{type(cache).__name__}; pass no cache and one is created"
+            )
+        if head_modes is None and past > 0:
+            head_modes = cache.head_modes
+            if head_modes is None:
+                raise ValueError("the cache holds no head modes: it was not filled in elastic mode")
+        if head_modes is None:
+            return [None] * layers
+        expected = (layers, batch, cfg.num_key_value_heads)
+        if head_modes.dtype != torch.bool or tuple(head_modes.shape) != expected:
+            raise ValueError(
+                f"head_modes must be bool [layers, batch, kv heads] = {list(expected)}, "
+                f"got {head_modes.dtype} {list(head_modes.shape)}"
+            )
+        return list(head_modes.unbind(0))
 
 
 class SSAForCausalLM(SSAPreTrainedModel, GenerationMixin):
@@ -458,6 +607,7 @@ class SSAForCausalLM(SSAPreTrainedModel, GenerationMixin):
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int = 0,
+        head_modes: torch.Tensor | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
         """Logits `[B, T or logits_to_keep, vocab]`; loss: next-token cross-entropy with `labels`. Arguments
@@ -468,6 +618,7 @@ class SSAForCausalLM(SSAPreTrainedModel, GenerationMixin):
             cache=cache_argument(cache, kwargs),
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
+            head_modes=head_modes,
         )
         hidden = out.last_hidden_state
         if logits_to_keep:
