@@ -14,7 +14,7 @@ BAD = [
     ("block_size", -8, "block_size must be a positive integer, got -8"),
     ("attention_chunk_size", 2.5, "attention_chunk_size must be a positive integer, got 2.5"),
     ("block_count", True, "block_count must be a positive integer, got True"),
-    ("inference_mode", "foo", "inference_mode must be one of ('full', 'sparse'), got 'foo'"),
+    ("inference_mode", "foo", "inference_mode must be one of ('full', 'sparse', 'elastic'), got 'foo'"),
 ]
 IDS = [f"{name}={value!r}" for name, value, _ in BAD]
 
