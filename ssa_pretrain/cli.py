@@ -1,4 +1,4 @@
-"""The `ssa` command: train, data, sweep, convert, eval, params, plot. `ssa COMMAND --help` documents each.
+"""The `ssa` command: train, data, sweep, convert, eval, elastic, params, plot (`ssa COMMAND --help`).
 
 Importing this module stays light (no torch, Megatron, DeepSpeed, transformers or matplotlib): each command
 imports what it needs when it runs, so `ssa --help` and bad arguments answer at once.
@@ -13,6 +13,7 @@ from pathlib import Path
 from ssa_pretrain import quiet, train
 from ssa_pretrain.config import ConfigError, apply_overrides, build_config, read_yaml
 from ssa_pretrain.data.cli import add_data_commands
+from ssa_pretrain.elastic.cli import add_elastic_commands
 from ssa_pretrain.errors import UserError, exits_on_user_error
 from ssa_pretrain.eval.cli import add_eval_command
 from ssa_pretrain.hf.cli import add_convert_command
@@ -90,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_sweep_commands(commands)
     add_convert_command(commands)
     add_eval_command(commands)
+    add_elastic_commands(commands)
     return parser
 
 

@@ -28,13 +28,15 @@ class ConfigError(UserError, ValueError):
     """A config file, key or value that cannot be used; the message names it and the fix."""
 
 
-class _Section(BaseModel):
+class Section(BaseModel):
+    """A config section: unknown keys, bad values and inf/nan are refused; field docstrings document keys."""
+
     model_config = ConfigDict(
         extra="forbid", use_attribute_docstrings=True, validate_assignment=True, allow_inf_nan=False
     )  # inf / nan in a config (e.g. `train.lr=inf`) would train NaN weights: refused like any bad value
 
 
-class ModelConfig(_Section):
+class ModelConfig(Section):
     """A Llama-style decoder: RMSNorm, SwiGLU, RoPE, no biases."""
 
     num_layers: int = Field(ge=1)
@@ -81,7 +83,7 @@ class ModelConfig(_Section):
         return self.head_dim or self.hidden_size // self.num_attention_heads
 
 
-class SSAConfig(_Section):
+class SSAConfig(Section):
     """The attention method (see docs/DESIGN.md: full + block-sparse branches tied by an alignment loss)."""
 
     variant: Literal["full", "sparse", "ssa"] = "ssa"
@@ -106,7 +108,7 @@ class SSAConfig(_Section):
     """Attention used outside training (evaluation, export) unless a caller asks for the other."""
 
 
-class ParallelConfig(_Section):
+class ParallelConfig(Section):
     """Model parallel sizes; data parallel is whatever remains of the world size."""
 
     tp: int = Field(default=1, ge=1)
@@ -131,7 +133,7 @@ class ParallelConfig(_Section):
         return self
 
 
-class TrainConfig(_Section):
+class TrainConfig(Section):
     """Optimisation, schedule, checkpoints and the loop."""
 
     steps: int = Field(ge=1)
@@ -191,7 +193,7 @@ class TrainConfig(_Section):
         return self
 
 
-class DataConfig(_Section):
+class DataConfig(Section):
     """Packed token shards written by `ssa data shards` / `ssa data prepare`."""
 
     dir: str = "data/build/default"
@@ -207,7 +209,7 @@ class DataConfig(_Section):
         return self.tokenizer or str(Path(self.dir) / "tokenizer")
 
 
-class LoggingConfig(_Section):
+class LoggingConfig(Section):
     """Where metrics go besides `RUN_DIR/metrics.jsonl` and the console."""
 
     wandb: Literal["offline", "online", "disabled"] = "offline"
@@ -220,7 +222,7 @@ class LoggingConfig(_Section):
     """Show a live progress display on the console (rank 0)."""
 
 
-class DebugConfig(_Section):
+class DebugConfig(Section):
     """Fault injection, to test through the command line how a run survives faults (off by default)."""
 
     inject_nonfinite_at: list[int] = []
@@ -235,7 +237,7 @@ class DebugConfig(_Section):
         return [value] if isinstance(value, int) else value
 
 
-class Config(_Section):
+class Config(Section):
     """A whole run."""
 
     model: ModelConfig
@@ -318,12 +320,13 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def _describe(err: ValidationError) -> str:
+def describe_errors(err: ValidationError, root: type[BaseModel]) -> str:
+    """pydantic's errors as one line per key, with the allowed keys (and a close match) for an unknown one."""
     lines = []
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"])
         if e["type"] == "extra_forbidden":
-            section = _section_at(e["loc"][:-1])
+            section = _section_at(e["loc"][:-1], root)
             allowed = sorted(section.model_fields) if section else []
             close = difflib.get_close_matches(str(e["loc"][-1]), allowed, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
@@ -336,8 +339,8 @@ def _describe(err: ValidationError) -> str:
     return "\n  ".join(lines)
 
 
-def _section_at(loc: tuple) -> type[BaseModel] | None:
-    model: type[BaseModel] = Config
+def _section_at(loc: tuple, root: type[BaseModel]) -> type[BaseModel] | None:
+    model = root
     for part in loc:
         field = model.model_fields.get(str(part))
         if field is None or not (
@@ -353,7 +356,7 @@ def build_config(data: dict[str, Any], source: str = "config") -> Config:
     try:
         return Config.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(f"{source}: invalid config\n  {_describe(err)}") from None
+        raise ConfigError(f"{source}: invalid config\n  {describe_errors(err, Config)}") from None
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:

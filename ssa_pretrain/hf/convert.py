@@ -401,7 +401,7 @@ def convert(
         )
         diffs = verify(tmp, state, cfg, vocab_size)
         apply_umask(tmp)
-        _replace(tmp, out_dir)
+        install_directory(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -456,7 +456,7 @@ def clean_stale_staging(out_dir: Path) -> None:
             print(f"removed {path.name} (left by an interrupted convert, pid {pid})")
 
 
-def _replace(tmp: Path, out_dir: Path) -> None:
+def install_directory(tmp: Path, out_dir: Path) -> None:
     """Move the finished export to `out_dir`; an existing `out_dir` (--overwrite) goes only afterwards."""
     old = None
     if out_dir.exists():
