@@ -58,16 +58,18 @@ def to_batch(examples, device: torch.device) -> TaskBatch:
     return TaskBatch(ids, positions[None] >= starts[:, None], tag, [e.task for e in examples])
 
 
-def task_batches(
-    data: TaskDataConfig, tokenizer, seed: int, device: torch.device
-) -> tuple[TaskBatch, TaskBatch]:
-    """(training, held-out) task mixes built from the corpus with the export's tokenizer."""
+def task_mix(data: TaskDataConfig, tokenizer, seed: int, split: str, device: torch.device) -> TaskBatch:
+    """The `train` or `valid` task mix built from the corpus with the export's tokenizer."""
     from ssa_pretrain.elastic.tasks import build_task_mix, corpus_texts
 
     texts = corpus_texts(data.corpus)
-    train = build_task_mix(texts[::2], tokenizer, data.seq_len, data.train_examples_per_task, seed)
-    valid = build_task_mix(texts[1::2], tokenizer, data.seq_len, data.valid_examples_per_task, seed + 1)
-    return to_batch(train, device), to_batch(valid, device)
+    if split == "train":
+        examples = build_task_mix(texts[::2], tokenizer, data.seq_len, data.train_examples_per_task, seed)
+    else:
+        examples = build_task_mix(
+            texts[1::2], tokenizer, data.seq_len, data.valid_examples_per_task, seed + 1
+        )
+    return to_batch(examples, device)
 
 
 def answer_scores(

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from ssa_pretrain.elastic.config import TAGS, ElasticConfig
-from ssa_pretrain.elastic.evaluate import TaskBatch, answer_scores, evaluate_router, task_batches
+from ssa_pretrain.elastic.evaluate import TaskBatch, answer_scores, evaluate_router, task_mix
 from ssa_pretrain.errors import UserError
 
 
@@ -115,8 +115,9 @@ def train_router(cfg: ElasticConfig, overwrite: bool = False) -> dict:
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(hf_dir)
-        train_set, valid_set = task_batches(cfg.data, tokenizer, cfg.train.seed, model.device)
         device = model.device
+        train_set = task_mix(cfg.data, tokenizer, cfg.train.seed, "train", device)
+        valid_set = task_mix(cfg.data, tokenizer, cfg.train.seed, "valid", device)
         targets = torch.tensor([cfg.targets[t] for t in TAGS], device=device)
         lambdas = torch.zeros(2, len(TAGS), device=device, requires_grad=True)
         params = [p for r in routers(model) for p in r.parameters()]

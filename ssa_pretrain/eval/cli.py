@@ -1,10 +1,11 @@
-"""`ssa eval ppl|sparsity|niah HF_DIR ...`: evaluate a Hugging Face export (the OUT_DIR of `ssa convert`).
+"""`ssa eval ppl|sparsity|niah|elastic HF_DIR ...`: evaluate a Hugging Face export (of `ssa convert`).
 
     ssa eval ppl runs/300m/hf --data data/build/default --out eval/ppl --lengths 1024 4096 8192 \\
         --block-counts 2 4 8 16 32
     ssa eval sparsity runs/300m/hf --data data/build/default --out eval/sparsity --block-count 16
     ssa eval niah runs/300m/hf --out eval/niah --lengths 4096 8192 16384 32768 \\
         --rope-scaling llama3 --rope-factor 4
+    ssa eval elastic runs/300m/hf-elastic --out eval/elastic     # an export of `ssa elastic train`
 
 Each command writes JSON, a markdown table and a PNG into OUT, which appears only when all of them are
 written (an existing non-empty OUT needs --overwrite). `--data` is a shard directory (a dataset directory,
@@ -112,12 +113,30 @@ def niah_command(args: argparse.Namespace) -> int:
     return 0
 
 
+@exits_on_user_error
+def elastic_command(args: argparse.Namespace) -> int:
+    """The routers on the held-out task mix: Ω, answer loss and exact match per tag and mode; head map."""
+    from ssa_pretrain.eval.elastic import evaluate_elastic
+
+    evaluate_elastic(
+        args.hf_dir,
+        args.out,
+        seq_len=args.seq_len,
+        examples_per_task=args.examples_per_task,
+        corpus=args.corpus,
+        batch_size=args.batch_size,
+        **model_options(args),
+    )
+    print(f"wrote {args.out}/elastic.json, elastic.md, elastic.png")
+    return 0
+
+
 def add_eval_command(subparsers: argparse._SubParsersAction) -> None:
-    """Register `ssa eval {ppl,sparsity,niah}` on the `ssa` command's subparsers."""
+    """Register `ssa eval {ppl,sparsity,niah,elastic}` on the `ssa` command's subparsers."""
     raw = argparse.RawDescriptionHelpFormatter
     cmd = subparsers.add_parser(
         "eval",
-        help="evaluate an exported model: ppl, sparsity, niah",
+        help="evaluate an exported model: ppl, sparsity, niah, elastic",
         description=__doc__,
         formatter_class=raw,
     )
@@ -179,3 +198,20 @@ def add_eval_command(subparsers: argparse._SubParsersAction) -> None:
     niah_cmd.add_argument("--block-count", type=int, help="sparse budget K (default: the export's)")
     niah_cmd.add_argument("--seed", type=int, default=0, help="seed of keys, values and filler offsets")
     niah_cmd.set_defaults(func=niah_command)
+
+    elastic_cmd = commands.add_parser(
+        "elastic",
+        help="an elastic export's routers: quality vs achieved sparsity per task tag, head-mode map",
+        description=module_doc("ssa_pretrain.eval.elastic"),
+        formatter_class=raw,
+    )
+    add_model_options(elastic_cmd, data=False)
+    elastic_cmd.add_argument("--corpus", help="documents for the task mix (default: as the router trained)")
+    elastic_cmd.add_argument(
+        "--seq-len", type=int, help="tokens per example (default: as the router trained)"
+    )
+    elastic_cmd.add_argument(
+        "--examples-per-task", type=int, help="held-out examples per task (default: as the router trained)"
+    )
+    elastic_cmd.add_argument("--batch-size", type=int, default=8, help="examples per forward (default 8)")
+    elastic_cmd.set_defaults(func=elastic_command)

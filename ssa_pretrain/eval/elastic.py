@@ -1,0 +1,96 @@
+"""`ssa eval elastic HF_DIR --out DIR`: an elastic export (of `ssa elastic train`) on the held-out task mix.
+
+    ssa eval elastic runs/demo/hf-elastic --out eval/elastic
+
+Scores the held-out examples of every task (by default the ones its training held out: the data section
+and seed of the export's router_config.json) in full, sparse and elastic mode: answer loss and exact match
+per tag and task against the achieved Ω, the share of heads the routers ran sparse (target per tag beside
+it). The PNG is a layers × key/value heads heat map of the sparse share per task: where the routers keep
+full attention, and whether that differs between sensitive and robust tasks.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ssa_pretrain.eval.common import (
+    DEFAULT_LOAD,
+    EvalError,
+    LoadOptions,
+    OutputDir,
+    load_model,
+    markdown_table,
+    pyplot,
+)
+
+
+def evaluate_elastic(
+    hf_dir: str | Path,
+    out: str | Path,
+    seq_len: int | None = None,
+    examples_per_task: int | None = None,
+    corpus: str | None = None,
+    batch_size: int = 8,
+    overwrite: bool = False,
+    load: LoadOptions = DEFAULT_LOAD,
+) -> dict:
+    """Score, write elastic.json / elastic.md / elastic.png into `out`; returns the report."""
+    from ssa_pretrain.elastic.config import ElasticConfig
+    from ssa_pretrain.elastic.evaluate import evaluate_router, task_mix
+
+    output = OutputDir(out, overwrite)
+    model, tokenizer = load_model(hf_dir, load)
+    if model.config.router is None:
+        raise EvalError(f"{hf_dir}: has no router; train one with `ssa elastic train CONFIG model={hf_dir}`")
+    saved = Path(hf_dir) / "router_config.json"
+    trained = ElasticConfig.model_validate(json.loads(saved.read_text())) if saved.is_file() else None
+    if trained is None:
+        trained = ElasticConfig(model=str(hf_dir), out=str(hf_dir))
+    changes = {"seq_len": seq_len, "valid_examples_per_task": examples_per_task, "corpus": corpus}
+    data = trained.data.model_copy(update={k: v for k, v in changes.items() if v is not None})
+    report = evaluate_router(
+        model,
+        task_mix(data, tokenizer, trained.train.seed, "valid", model.device),
+        batch_size,
+        trained.targets,
+    )
+    report["data"] = data.model_dump(mode="json")
+    output.publish("elastic", report, elastic_markdown, plot_head_modes)
+    return report
+
+
+def elastic_markdown(report: dict) -> str:
+    """Per tag and per task: Ω against the target, answer loss and exact match per mode."""
+    modes = ("full", "sparse", "elastic")
+    header = ["", "Ω (target)", *(f"exact {m}" for m in modes), *(f"loss {m}" for m in modes)]
+
+    def row(name: str, scores: dict, target) -> list:
+        exact = [scores[m]["exact_match"] for m in modes]
+        return [name, f"{scores['omega']:.3f} ({target})", *exact, *(scores[m]["answer_loss"] for m in modes)]
+
+    targets = report["targets"]
+    tags = [row(tag, s, targets[tag]) for tag, s in report["tags"].items()]
+    tasks = [row(f"{task} ({s['tag']})", s, targets[s["tag"]]) for task, s in report["tasks"].items()]
+    return (
+        f"# Elastic attention on {report['examples']} held-out examples\n\n"
+        + markdown_table(header, tags)
+        + "\n"
+        + markdown_table(header, tasks)
+    )
+
+
+def plot_head_modes(report: dict, path: Path) -> None:
+    """One heat map per task: sparse share of every (layer, key/value head)."""
+    plt = pyplot()
+    tasks = list(report["tasks"])
+    fig, axes = plt.subplots(1, len(tasks), figsize=(2.6 * len(tasks) + 1, 3.2), squeeze=False)
+    for ax, task in zip(axes[0], tasks, strict=True):
+        scores = report["tasks"][task]
+        image = ax.imshow(scores["head_sparse_share"], vmin=0, vmax=1, cmap="viridis", aspect="auto")
+        ax.set_title(f"{task}\n{scores['tag']}, Ω {scores['omega']:.2f}", fontsize=9)
+        ax.set_xlabel("kv head")
+        ax.set_ylabel("layer")
+    fig.colorbar(image, ax=axes[0].tolist(), label="share run sparse")
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
