@@ -61,7 +61,7 @@ def mixed_attention(
     rows = sparse_heads.flatten().argsort(stable=True)  # [B * HKV] row ids b * HKV + h, the full rows first
     modes = rows.split([rows.numel() - num_sparse, num_sparse])  # (full rows, sparse rows)
     q_heads = q.unflatten(2, (kv_heads, -1))  # [B, T, HQ, D] -> [B, T, HKV, G, D]
-    o_heads = q_heads.new_empty(q_heads.shape)  # [B, T, HKV, G, D]
+    o_heads = torch.empty_like(q_heads)  # [B, T, HKV, G, D], every row written below
     for sparse, mode_rows in zip((False, True), modes, strict=True):
         b, h = mode_rows // kv_heads, mode_rows % kv_heads  # [N] each
         rows_q = q_heads[b, :, h]  # [N, T, G, D]
