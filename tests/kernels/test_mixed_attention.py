@@ -43,7 +43,12 @@ def draw_modes(shape: Shape, modes: str) -> torch.Tensor:
 
 
 def heads_one_by_one(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sparse_heads: torch.Tensor, shape: Shape
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    sparse_heads: torch.Tensor,
+    shape: Shape,
+    scale: float | None,
 ) -> torch.Tensor:
     """Each sequence's kv head with its G query heads, alone, through `full_attention` or `select_blocks` +
     `sparse_attention`; the outputs concatenated back to `[B, T, HQ, D]`."""
@@ -55,10 +60,10 @@ def heads_one_by_one(
             q_one = q[b : b + 1, :, h * group : (h + 1) * group]  # [1, T, G, D]
             k_one, v_one = k[b : b + 1, :, h : h + 1], v[b : b + 1, :, h : h + 1]  # [1, T, 1, D]
             if sparse_heads[b, h]:
-                indices = select_blocks(q_one, k_one, shape.block_size, shape.block_count)
-                heads.append(sparse_attention(q_one, k_one, v_one, indices, shape.block_size)[0])
+                indices = select_blocks(q_one, k_one, shape.block_size, shape.block_count, scale)
+                heads.append(sparse_attention(q_one, k_one, v_one, indices, shape.block_size, scale)[0])
             else:
-                heads.append(full_attention(q_one, k_one, v_one)[0])
+                heads.append(full_attention(q_one, k_one, v_one, scale=scale)[0])
         sequences.append(torch.cat(heads, dim=2))
     return torch.cat(sequences, dim=0)
 
@@ -74,11 +79,14 @@ CASES = {
 
 @pytest.mark.parametrize("op", OPS.values(), ids=OPS)
 @pytest.mark.parametrize(("shape", "modes"), CASES.values(), ids=CASES)
-def test_equals_heads_one_by_one(op: Callable[..., torch.Tensor], shape: Shape, modes: str) -> None:
+@pytest.mark.parametrize("scale", [None, 0.3], ids=["default-scale", "scale-0.3"])
+def test_equals_heads_one_by_one(
+    op: Callable[..., torch.Tensor], shape: Shape, modes: str, scale: float | None
+) -> None:
     q, k, v = random_inputs(shape)
     sparse_heads = draw_modes(shape, modes)
-    ref = heads_one_by_one(q, k, v, sparse_heads, shape)
-    out = op(q, k, v, sparse_heads, shape.block_size, shape.block_count)
+    ref = heads_one_by_one(q, k, v, sparse_heads, shape, scale)
+    out = op(q, k, v, sparse_heads, shape.block_size, shape.block_count, scale)
     assert out.dtype == q.dtype
     assert_close("o", ref, out, 1e-5, 1e-5)
     do = torch.randn_like(ref)
