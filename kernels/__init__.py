@@ -6,7 +6,16 @@ and the test oracle); the op's public function is where a device-specific kernel
 
 from .full_attention import full_attention
 from .merge import merge
+from .mixed_attention import mixed_attention, naive_mixed_attention
 from .select_blocks import select_blocks, select_blocks_from_means
 from .sparse_attention import sparse_attention
 
-__all__ = ["full_attention", "merge", "select_blocks", "select_blocks_from_means", "sparse_attention"]
+__all__ = [
+    "full_attention",
+    "merge",
+    "mixed_attention",
+    "naive_mixed_attention",
+    "select_blocks",
+    "select_blocks_from_means",
+    "sparse_attention",
+]

@@ -1,4 +1,5 @@
-"""The CUDA paths (Triton select/sparse, fused SDPA full attention) against the references, on random bf16.
+"""The CUDA paths (Triton select/sparse, fused SDPA full attention, mixed-head attention over both) against
+the references, on random bf16.
 
 Every output buffer the kernels allocate is poisoned (NaN, or -7 for integers) first, so an element a kernel
 fails to write shows up as NaN or a wrong index. Tolerances are relative norms `‖out - ref‖ / ‖ref‖` against
@@ -10,8 +11,15 @@ from collections.abc import Iterator
 
 import pytest
 import torch
-from ssa_kernels import full_attention, select_blocks, select_blocks_from_means, sparse_attention
+from ssa_kernels import (
+    full_attention,
+    mixed_attention,
+    select_blocks,
+    select_blocks_from_means,
+    sparse_attention,
+)
 from ssa_kernels.full_attention import naive_full_attention
+from ssa_kernels.mixed_attention.naive import pick_heads
 from ssa_kernels.select_blocks import naive_select_blocks
 from ssa_kernels.select_blocks.naive import block_means, block_scores
 from ssa_kernels.sparse_attention import naive_sparse_attention
@@ -220,4 +228,29 @@ def test_full_attention(batch, seq_q, seq_k, heads, kv_heads, dim, causal, dtype
     tolerances = (1e-2, 1e-3, 2e-2, 2e-2, 2e-2) if dtype == torch.bfloat16 else (1e-3,) * 5
     outs, refs = [o, lse, *grads], [ref_o, ref_lse, *ref_grads]
     for name, ref, out, tol in zip(("o", "lse", "dq", "dk", "dv"), refs, outs, tolerances, strict=True):
+        assert_rel_close(name, ref, out, tol)
+
+
+@pytest.mark.parametrize("shape", GPU_SHAPES.values(), ids=GPU_SHAPES)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
+def test_mixed_attention(shape: Shape, dtype: torch.dtype, poison: None) -> None:
+    """Against the fp32 references on the same inputs, picked per head: full attention, and sparse attention
+    over the blocks of the CUDA selection (an fp32 selection of its own would rank near-tied blocks
+    differently, see `check_selection`; a block swapped in a row moves that row's output by tens of %)."""
+    q, k, v = random_inputs(shape, dtype)
+    rows = torch.arange(shape.batch * shape.kv_heads, device="cuda")
+    sparse_heads = (rows % 3 == 1).view(shape.batch, shape.kv_heads)  # both modes wherever there are 2+ heads
+    o = mixed_attention(q, k, v, sparse_heads, shape.block_size, shape.block_count)
+    indices = select_blocks(q, k, shape.block_size, shape.block_count)
+    ref_full, _ = naive_full_attention(q.float(), k.float(), v.float())
+    ref_sparse, _ = naive_sparse_attention(q.float(), k.float(), v.float(), indices, shape.block_size)
+    ref_o = pick_heads(ref_full, ref_sparse, sparse_heads)
+    do = torch.randn_like(ref_o)
+    grads = torch.autograd.grad((o.float() * do).sum(), (q, k, v))
+    ref_grads = torch.autograd.grad((ref_o * do).sum(), (q, k, v))
+    # fp32: the tolerance of test_full_attention (the memory-efficient SDPA kernel)
+    tolerances = (1e-2, 2e-2, 2e-2, 2e-2) if dtype == torch.bfloat16 else (1e-3,) * 4
+    outs, refs = [o, *grads], [ref_o, *ref_grads]
+    for name, ref, out, tol in zip(("o", "dq", "dk", "dv"), refs, outs, tolerances, strict=True):
+        assert out.dtype == dtype, name
         assert_rel_close(name, ref, out, tol)
