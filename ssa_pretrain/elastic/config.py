@@ -53,6 +53,9 @@ class RouterTrainConfig(Section):
     """AdamW learning rate of the router."""
     lambda_lr: float = Field(default=0.5, gt=0)
     """Learning rate of the multipliers λ₁, λ₂ (gradient ascent: the min-max of the Lagrangian)."""
+    logit_penalty: float = Field(default=1e-3, ge=0)
+    """β of β·mean((SA − FA logit)²), not in the paper: the ascent on a target-1.0 multiplier pushes the
+    logits without bound, and past a gap of ~20 the Gumbel-softmax has no gradient left to undo it."""
     tau_init: float = Field(default=1.5, gt=0)
     """Gumbel-softmax temperature at the start."""
     tau_min: float = Field(default=1.0, gt=0)

@@ -58,18 +58,18 @@ def to_batch(examples, device: torch.device) -> TaskBatch:
     return TaskBatch(ids, positions[None] >= starts[:, None], tag, [e.task for e in examples])
 
 
-def task_mix(data: TaskDataConfig, tokenizer, seed: int, split: str, device: torch.device) -> TaskBatch:
-    """The `train` or `valid` task mix built from the corpus with the export's tokenizer."""
-    from ssa_pretrain.elastic.tasks import build_task_mix, corpus_texts
+def task_mixes(
+    data: TaskDataConfig, tokenizer, seed: int, device: torch.device, train_examples: int | None = None
+) -> tuple[TaskBatch, TaskBatch]:
+    """(training, held-out) task mixes from the corpus with the export's tokenizer: other documents, keys and
+    facts (`build_train_valid`); the held-out one does not depend on the number of training examples."""
+    from ssa_pretrain.elastic.tasks import build_train_valid, corpus_texts
 
-    texts = corpus_texts(data.corpus)
-    if split == "train":
-        examples = build_task_mix(texts[::2], tokenizer, data.seq_len, data.train_examples_per_task, seed)
-    else:
-        examples = build_task_mix(
-            texts[1::2], tokenizer, data.seq_len, data.valid_examples_per_task, seed + 1
-        )
-    return to_batch(examples, device)
+    train, valid = build_train_valid(
+        corpus_texts(data.corpus), tokenizer, data.seq_len,
+        train_examples or data.train_examples_per_task, data.valid_examples_per_task, seed,
+    )  # fmt: skip
+    return to_batch(train, device), to_batch(valid, device)
 
 
 def answer_scores(

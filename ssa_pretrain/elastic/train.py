@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from ssa_pretrain.elastic.config import TAGS, ElasticConfig
-from ssa_pretrain.elastic.evaluate import TaskBatch, answer_scores, evaluate_router, task_mix
+from ssa_pretrain.elastic.evaluate import TaskBatch, answer_scores, evaluate_router, task_mixes
 from ssa_pretrain.errors import UserError
 
 
@@ -81,8 +81,11 @@ def sparse_share(model) -> torch.Tensor:
     return torch.stack(model.model.last_head_modes).float().mean((0, 2))
 
 
-def train_step(model, batch: TaskBatch, targets: torch.Tensor, lambdas: torch.Tensor) -> dict[str, float]:
-    """One forward/backward of the Lagrangian; returns the values to log. `lambdas [2, tags]` = (λ₁, λ₂)."""
+def train_step(
+    model, batch: TaskBatch, targets: torch.Tensor, lambdas: torch.Tensor, logit_penalty: float
+) -> dict[str, float]:
+    """One forward/backward of the Lagrangian (+ the logit-gap penalty); returns the values to log.
+    `lambdas [2, tags]` = (λ₁, λ₂)."""
     logits = model(batch.ids, use_cache=False).logits
     loss, _ = answer_scores(logits, batch.ids, batch.answer)
     omega = sparse_share(model)
@@ -94,7 +97,9 @@ def train_step(model, batch: TaskBatch, targets: torch.Tensor, lambdas: torch.Te
         lagrangian = lagrangian + lambdas[0, i] * gap + lambdas[1, i] * gap**2
         row[f"omega_{tag}"] = omega[picked].mean().item()
         row[f"answer_loss_{tag}"] = loss[picked].mean().item()
-    lagrangian.backward()
+    gap = torch.stack([r.last_logits[..., 1] - r.last_logits[..., 0] for r in routers(model)])  # [L, B, HKV]
+    row["logit_gap"] = gap.abs().mean().item()
+    (lagrangian + logit_penalty * gap.square().mean()).backward()
     return {"loss": lagrangian.item(), **row}
 
 
@@ -116,22 +121,21 @@ def train_router(cfg: ElasticConfig, overwrite: bool = False) -> dict:
 
         tokenizer = AutoTokenizer.from_pretrained(hf_dir)
         device = model.device
-        train_set = task_mix(cfg.data, tokenizer, cfg.train.seed, "train", device)
-        valid_set = task_mix(cfg.data, tokenizer, cfg.train.seed, "valid", device)
+        train_set, valid_set = task_mixes(cfg.data, tokenizer, cfg.train.seed, device)
         targets = torch.tensor([cfg.targets[t] for t in TAGS], device=device)
         lambdas = torch.zeros(2, len(TAGS), device=device, requires_grad=True)
         params = [p for r in routers(model) for p in r.parameters()]
         optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=0.0)
         ascent = torch.optim.SGD([lambdas], lr=cfg.train.lambda_lr, maximize=True)
-        noise = torch.Generator(device="cpu").manual_seed(cfg.train.seed)
+        sampler = torch.Generator(device="cpu").manual_seed(cfg.train.seed)  # batches; Gumbel: torch's RNG
         log = []
         start = time.perf_counter()
         for step in range(1, cfg.train.steps + 1):
             tau = cfg.train.temperature(step - 1)
             for router in routers(model):
                 router.temperature = tau
-            row = {"step": step, **train_step(model, train_set.balanced(cfg.train.batch_size, noise), targets,
-                                              lambdas)}  # fmt: skip
+            batch = train_set.balanced(cfg.train.batch_size, sampler)
+            row = {"step": step, **train_step(model, batch, targets, lambdas, cfg.train.logit_penalty)}
             optimizer.step()
             ascent.step()
             optimizer.zero_grad(set_to_none=True)

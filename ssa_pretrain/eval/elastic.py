@@ -37,7 +37,7 @@ def evaluate_elastic(
 ) -> dict:
     """Score, write elastic.json / elastic.md / elastic.png into `out`; returns the report."""
     from ssa_pretrain.elastic.config import ElasticConfig
-    from ssa_pretrain.elastic.evaluate import evaluate_router, task_mix
+    from ssa_pretrain.elastic.evaluate import evaluate_router, task_mixes
 
     output = OutputDir(out, overwrite)
     model, tokenizer = load_model(hf_dir, load)
@@ -49,12 +49,8 @@ def evaluate_elastic(
         trained = ElasticConfig(model=str(hf_dir), out=str(hf_dir))
     changes = {"seq_len": seq_len, "valid_examples_per_task": examples_per_task, "corpus": corpus}
     data = trained.data.model_copy(update={k: v for k, v in changes.items() if v is not None})
-    report = evaluate_router(
-        model,
-        task_mix(data, tokenizer, trained.train.seed, "valid", model.device),
-        batch_size,
-        trained.targets,
-    )
+    _, valid = task_mixes(data, tokenizer, trained.train.seed, model.device, train_examples=1)
+    report = evaluate_router(model, valid, batch_size, trained.targets)
     report["data"] = data.model_dump(mode="json")
     output.publish("elastic", report, elastic_markdown, plot_head_modes)
     return report

@@ -312,9 +312,11 @@ class HeadRouter(nn.Module):
 
     def decide(self, logits: torch.Tensor) -> torch.Tensor:
         """`[B, HKV]` sparse or not: bool arg-max in eval mode; in training a hard Gumbel-softmax sample,
-        0/1 floats whose gradient is that of the soft sample (straight-through)."""
+        0/1 floats whose gradient is that of the soft sample (straight-through), the logits kept in
+        `last_logits` (the trainer's penalty on their gap)."""
         if not self.training:
             return logits[..., 1] > logits[..., 0]
+        self.last_logits = logits
         return F.gumbel_softmax(logits, tau=self.temperature, hard=True)[..., 1]
 
 
