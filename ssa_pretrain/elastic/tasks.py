@@ -164,6 +164,7 @@ def _build(
     builder = _Builder(texts, tokenizer, seq_len, _PARTS[split])
     examples = []
     for task in tasks:
+        builder.check_room(task)
         rng = random.Random(f"{seed}:{task}:{split}")
         examples += [getattr(builder, task)(rng) for _ in range(examples_per_task)]
     random.Random(f"{seed}:mix:{split}").shuffle(examples)
@@ -206,11 +207,40 @@ class _Builder:
                 "pass more text (e.g. corpus_texts())"
             )
         self.tokenizer, self.seq_len, self.part = tokenizer, seq_len, part
-        self.facts = min(MAX_FACTS, max(MIN_FACTS, seq_len // TOKENS_PER_FACT))
+        self.facts = min(MAX_FACTS, max(MIN_FACTS, seq_len // TOKENS_PER_FACT))  # kv facts
+        self.chains = max(2, self.facts // 2)  # multi-hop chains, of 2 facts each
         self._piece_ids: dict[str, list[int]] = {}
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False).input_ids
+
+    def longest(self, texts: list[str]) -> int:
+        return max(map(len, self.tokenizer(texts, add_special_tokens=False).input_ids))
+
+    def check_room(self, task: str) -> None:
+        """Raise ValueError when seq_len cannot hold `task` with its longest keys or names (every digit is a
+        token in our tokenizers, so the letters and names decide), whatever the examples draw."""
+        if task == "continuation" and self.seq_len < 16:
+            raise self.too_short(task, "its answer is the last seq_len / 8 tokens, at least 2", 16)
+        if task == "copy":
+            room = len(self.encode(COPY_INSTRUCTION)) + MIN_FILLER  # the answer takes up to seq_len / 4 more
+            if self.seq_len - self.seq_len // 4 < room:
+                why = f"the instruction and {MIN_FILLER} tokens of passage take {room} tokens"
+                raise self.too_short(task, why, -(-4 * room // 3))
+        if task in ("kv_retrieval", "multi_hop"):
+            if task == "kv_retrieval":
+                keys = [f"{a}{b}-0000" for a, b in itertools.product(string.ascii_uppercase, repeat=2)]
+                count, answer = self.facts, self.longest([" 0000"])
+                fact = self.longest([KV_FACT.format(key=k, value="0000") for k in keys])
+                question = self.longest([KV_QUESTION.format(key=k) for k in keys])
+            else:
+                count, answer = 2 * self.chains, self.longest([" " + n for n in NAMES])
+                fact = self.longest([HOP_FACT.format(inner=n, outer=n) for n in NAMES])
+                question = self.longest([HOP_QUESTION.format(start=n) for n in NAMES])
+            fixed = count * fact + question + answer
+            if self.seq_len - fixed < MIN_FILLER:
+                why = f"{count} facts, question and answer take up to {fixed} tokens, + {MIN_FILLER} filler"
+                raise self.too_short(task, why, fixed + MIN_FILLER)
 
     def sentence_ids(self, i: int) -> list[int]:
         """Token ids of sentence `i` with its leading space, cached."""
@@ -261,8 +291,8 @@ class _Builder:
         fact_ids = [self.encode(f) for f in facts]
         question_ids, answer_ids = self.encode(question), self.encode(answer)
         fixed = sum(map(len, fact_ids)) + len(question_ids) + len(answer_ids)
-        if self.seq_len - fixed < MIN_FILLER:
-            why = f"its {len(facts)} facts, question and answer take {fixed} tokens, + {MIN_FILLER} of filler"
+        if self.seq_len - fixed < MIN_FILLER:  # only where tokens do not add up over words (check_room)
+            why = f"{len(facts)} facts, question and answer took {fixed} tokens, + {MIN_FILLER} of filler"
             raise self.too_short(task, why, fixed + MIN_FILLER)
         filler, text = self.run(rng.randrange(len(self.sentences)), self.seq_len - fixed, -1, task)
         if any(name.lower() in text.lower() for name in names):
@@ -302,7 +332,7 @@ class _Builder:
         def draw() -> TaskExample | None:
             chains: list[list[str]] = []
             used: set[str] = set()
-            while len(chains) < max(2, self.facts // 2):
+            while len(chains) < self.chains:
                 chain = rng.sample([n for n in NAMES if n not in used], 3)
                 if all(_in_part(f"{a}|{b}", self.part) for a, b in itertools.pairwise(chain)):
                     chains.append(chain)
@@ -340,8 +370,6 @@ class _Builder:
 
     def continuation(self, rng: random.Random) -> TaskExample:
         target = self.seq_len // 8
-        if target < 2:
-            raise ValueError(f"seq_len {self.seq_len} is too short for continuation; use seq_len >= 16")
         sentences = target // MIN_WORDS + 1  # >= MIN_WORDS words each, >= 1 token a word: room for the answer
         start, answer, answer_ids = self.start_and_prefix(rng, "continuation", target, sentences)
         context, _ = self.run(start - 1, self.seq_len - len(answer_ids), -1, "continuation")
@@ -349,10 +377,6 @@ class _Builder:
 
     def copy(self, rng: random.Random) -> TaskExample:
         instruction = self.encode(COPY_INSTRUCTION)
-        room = len(instruction) + MIN_FILLER  # the answer takes up to seq_len / 4 on top
-        if self.seq_len - self.seq_len // 4 < room:
-            why = f"the instruction takes {len(instruction)} tokens, plus {MIN_FILLER} of passage"
-            raise self.too_short("copy", why, -(-4 * room // 3))
         start, answer, answer_ids = self.start_and_prefix(rng, "copy", self.seq_len // 4, 1)
         passage, _ = self.run(start, self.seq_len - len(instruction) - len(answer_ids), 1, "copy")
         context = [t for ids in passage for t in ids] + instruction

@@ -169,9 +169,12 @@ def test_deterministic_per_seed_and_per_task(texts, tokenizer):
 @pytest.mark.parametrize(
     ("task", "seq_len"), [("kv_retrieval", 64), ("multi_hop", 64), ("continuation", 15), ("copy", 32)]
 )
-def test_too_short_seq_len_raises(texts, tokenizer, task, seq_len):
-    with pytest.raises(ValueError, match=f"seq_len {seq_len} is too short for {task}.*use seq_len >= "):
+def test_too_short_seq_len_raises_and_names_a_length_that_works(texts, tokenizer, task, seq_len):
+    with pytest.raises(ValueError, match=f"seq_len {seq_len} is too short for {task}.*use seq_len >= ") as e:
         build_task_mix(texts, tokenizer, seq_len, 1, seed=0, tasks=[task])
+    minimum = int(re.search(r"use seq_len >= (\d+)", str(e.value))[1])
+    for seed in range(4):  # with any keys or names
+        assert len(build_task_mix(texts, tokenizer, minimum, 8, seed=seed, tasks=[task])) == 8
 
 
 def test_bad_input_raises(texts, tokenizer):
