@@ -15,8 +15,13 @@ from typing import Literal
 from pydantic import Field, ValidationError, field_validator
 
 from ssa_pretrain.config import ConfigError, Section, apply_overrides, describe_errors, read_yaml
+from ssa_pretrain.errors import UserError
 
 TAGS = ("sensitive", "robust")
+
+
+class ElasticError(UserError, ValueError):
+    """A backbone that cannot take a router, a task mix that cannot be built, an output in the way."""
 
 
 class RouterConfig(Section):

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ssa_pretrain.elastic.config import TAGS, TaskDataConfig
+from ssa_pretrain.elastic.config import TAGS, ElasticError, TaskDataConfig
 
 MODES = ("full", "sparse", "elastic")
 
@@ -65,10 +65,13 @@ def task_mixes(
     facts (`build_train_valid`); the held-out one does not depend on the number of training examples."""
     from ssa_pretrain.elastic.tasks import build_train_valid, corpus_texts
 
-    train, valid = build_train_valid(
-        corpus_texts(data.corpus), tokenizer, data.seq_len,
-        train_examples or data.train_examples_per_task, data.valid_examples_per_task, seed,
-    )  # fmt: skip
+    try:
+        train, valid = build_train_valid(
+            corpus_texts(data.corpus), tokenizer, data.seq_len,
+            train_examples or data.train_examples_per_task, data.valid_examples_per_task, seed,
+        )  # fmt: skip
+    except ValueError as err:  # a seq_len too short for a task, a corpus with too little prose
+        raise ElasticError(f"data: {err}") from None
     return to_batch(train, device), to_batch(valid, device)
 
 

@@ -29,14 +29,8 @@ from pathlib import Path
 
 import torch
 
-from ssa_pretrain.elastic.config import TAGS, ElasticConfig
+from ssa_pretrain.elastic.config import TAGS, ElasticConfig, ElasticError
 from ssa_pretrain.elastic.evaluate import TaskBatch, answer_scores, evaluate_router, task_mixes
-from ssa_pretrain.errors import UserError
-
-
-class ElasticError(UserError, ValueError):
-    """A backbone that cannot take a router, or an output directory in the way."""
-
 
 BACKBONE_SKIP = ("config.json", "configuration_ssa.py", "modeling_ssa.py")
 """Backbone files the elastic export writes anew (with the router); its weights are skipped too."""
@@ -119,7 +113,7 @@ def train_router(cfg: ElasticConfig, overwrite: bool = False) -> dict:
         model = load_backbone(hf_dir, cfg)
         from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(hf_dir)
+        tokenizer = AutoTokenizer.from_pretrained(hf_dir, trust_remote_code=True)  # names our type
         device = model.device
         train_set, valid_set = task_mixes(cfg.data, tokenizer, cfg.train.seed, device)
         targets = torch.tensor([cfg.targets[t] for t in TAGS], device=device)
