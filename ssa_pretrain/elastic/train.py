@@ -55,10 +55,19 @@ def load_backbone(hf_dir: Path, cfg: ElasticConfig):
 
     device = torch.device(cfg.train.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = getattr(torch, cfg.train.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
+    from transformers.utils import logging as hf_logging
+
     torch.manual_seed(cfg.train.seed)  # the routers' initialization
-    model = SSAForCausalLM.from_pretrained(
-        hf_dir, dtype=dtype, router=cfg.router.model_dump(), inference_mode="elastic"
-    ).to(device)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # its load report lists every router weight as missing: they are new
+    try:
+        model = SSAForCausalLM.from_pretrained(
+            hf_dir, dtype=dtype, router=cfg.router.model_dump(), inference_mode="elastic"
+        ).to(device)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    size = sum(p.numel() for p in routers(model)[0].parameters())
+    print(f"backbone {hf_dir} frozen; a new router per layer, {size:,} parameters each", flush=True)
     for name, param in model.named_parameters():
         param.requires_grad_(".router." in name)
     for router in routers(model):
