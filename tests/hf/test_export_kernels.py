@@ -102,3 +102,38 @@ def test_plain_prefill_on_cuda_uses_kernels(
     # sparse: tensor-core selection may swap a near-tied block at a few positions (tests/kernels/test_gpu.py)
     close = torch.isclose(fused, own, atol=tolerance, rtol=tolerance).all(-1)
     assert close.float().mean() >= 0.98, f"{(~close).sum()} of {close.numel()} positions differ"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize(
+    ("dtype", "tolerance"), [(torch.float32, 1e-3), (torch.bfloat16, 0.1)], ids=["fp32", "bf16"]
+)
+def test_elastic_prefill_on_cuda_uses_mixed_attention(
+    monkeypatch: pytest.MonkeyPatch, dtype: torch.dtype, tolerance: float
+) -> None:
+    """Elastic mode's plain prefill with mixed head modes runs `ssa_kernels.mixed_attention`; its logits are
+    those of the export's own code (both modes, picked per head), as `test_plain_prefill_on_cuda_uses_kernels`
+    checks them (a near-tied block may swap at a few positions in the sparse heads)."""
+    from ssa_pretrain.hf import modeling_ssa
+    from ssa_pretrain.hf.configuration_ssa import SSAConfig
+
+    config = SSAConfig(
+        vocab_size=512, hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=8,
+        num_key_value_heads=2, block_size=16, block_count=4 if dtype == torch.float32 else 32,
+        inference_mode="elastic", router={"pool_tokens": 16, "hidden_multiple": 2},
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = modeling_ssa.SSAForCausalLM(config).to("cuda", dtype).eval()
+    tokens = torch.randint(0, config.vocab_size, (2, 333), device="cuda")
+    head_modes = torch.tensor([[[True, False], [False, True]], [[False, False], [True, True]]], device="cuda")
+    kernels, calls = modeling_ssa.ssa_kernels, []
+    op = kernels.mixed_attention
+    monkeypatch.setattr(kernels, "mixed_attention", lambda *a, **kw: calls.append(1) or op(*a, **kw))
+    with torch.no_grad():
+        fused = model(tokens, use_cache=False, head_modes=head_modes).logits.float()
+        monkeypatch.setattr(modeling_ssa, "ssa_kernels", None)  # the export's own code
+        own = model(tokens, use_cache=False, head_modes=head_modes).logits.float()
+    assert len(calls) == 2  # both layers mix modes within the batch
+    close = torch.isclose(fused, own, atol=tolerance, rtol=tolerance).all(-1)
+    assert close.float().mean() >= 0.98, f"{(~close).sum()} of {close.numel()} positions differ"
