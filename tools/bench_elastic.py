@@ -49,8 +49,8 @@ def build_model(args: argparse.Namespace):
 
 @torch.no_grad()
 def measure(model, length: int) -> dict:
-    cfg = model.config
-    ids = torch.randint(4, cfg.vocab_size, (1, length), device="cuda")
+    cfg, device = model.config, model.device
+    ids = torch.randint(4, cfg.vocab_size, (1, length), device=device)
 
     def prefill(mode: str, head_modes=None):
         cfg.inference_mode = mode
@@ -67,8 +67,8 @@ def measure(model, length: int) -> dict:
     half[..., ::2] = True  # every other kv head sparse: Ω = 0.5
     row["elastic_half_ms"] = bench(prefill("elastic", half))
     # the routers alone, on this prompt's keys (pre-RoPE), all layers
-    keys = torch.randn(1, length, cfg.num_key_value_heads, cfg.head_dim, device="cuda", dtype=torch.bfloat16)
-    pos = torch.arange(length, device="cuda")[None]
+    keys = torch.randn(1, length, cfg.num_key_value_heads, cfg.head_dim, device=device, dtype=model.dtype)
+    pos = torch.arange(length, device=device)[None]
     layers = [layer.self_attn.router for layer in model.model.layers]
     row["router_ms"] = bench(lambda: [r.decide(r(keys, pos)) for r in layers])
     cfg.inference_mode = "elastic"
