@@ -81,12 +81,16 @@ def plot_head_modes(report: dict, path: Path) -> None:
     plt = pyplot()
     tasks = list(report["tasks"])
     fig, axes = plt.subplots(1, len(tasks), figsize=(2.6 * len(tasks) + 1, 3.2), squeeze=False)
-    for ax, task in zip(axes[0], tasks, strict=True):
+    for i, (ax, task) in enumerate(zip(axes[0], tasks, strict=True)):
         scores = report["tasks"][task]
-        image = ax.imshow(scores["head_sparse_share"], vmin=0, vmax=1, cmap="viridis", aspect="auto")
+        share = scores["head_sparse_share"]  # [layers][kv heads]
+        image = ax.imshow(share, vmin=0, vmax=1, cmap="viridis", aspect="auto")
         ax.set_title(f"{task}\n{scores['tag']}, Ω {scores['omega']:.2f}", fontsize=9)
+        ax.set_xticks(range(len(share[0])))
+        ax.set_yticks(range(len(share)))
         ax.set_xlabel("kv head")
-        ax.set_ylabel("layer")
+        if i == 0:
+            ax.set_ylabel("layer")
     fig.colorbar(image, ax=axes[0].tolist(), label="share run sparse")
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
