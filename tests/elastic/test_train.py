@@ -100,3 +100,13 @@ def test_bad_config_exits_2_naming_it(exported, tmp_path, override: str, message
     )
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-3000:]
     assert not (tmp_path / "x").exists() and not list(tmp_path.glob(".x.*"))  # nothing half-written
+
+
+def test_a_training_run_is_converted_into_the_backbone(runs, tmp_path) -> None:
+    from ssa_pretrain.elastic.config import ElasticError
+    from ssa_pretrain.elastic.train import resolve_backbone
+
+    hf_dir = resolve_backbone(runs["tp1"], tmp_path)
+    assert hf_dir == tmp_path / "backbone" and (hf_dir / "config.json").is_file()
+    with pytest.raises(ElasticError, match="no such export, run directory or checkpoint"):
+        resolve_backbone(tmp_path / "missing", tmp_path)
