@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import resource
 import sys
 import warnings
@@ -20,6 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from ssa_pretrain.config import Config, dump_config
+from ssa_pretrain.files import write_atomically
 from ssa_pretrain.quiet import WANDB_SETTINGS
 
 # Dense bf16 peak of known accelerators (FLOP/s), for MFU. Unknown devices (and CPUs) report no MFU.
@@ -94,9 +94,7 @@ def truncate_metrics(path: Path, after_step: int) -> None:
     kept = [
         line for line in path.read_text().splitlines() if (_step_of(line) or after_step + 1) <= after_step
     ]
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
-    os.replace(tmp, path)
+    write_atomically(path, "".join(line + "\n" for line in kept))
 
 
 def progress_bar(console: Console) -> Progress:
@@ -189,6 +187,4 @@ class MetricsLogger:
 
 def save_resolved_config(run_dir: Path, cfg: Config) -> None:
     """`RUN_DIR/config.yaml`: the exact config this run uses."""
-    tmp = run_dir / ".config.yaml.tmp"
-    tmp.write_text(dump_config(cfg))
-    os.replace(tmp, run_dir / "config.yaml")
+    write_atomically(run_dir / "config.yaml", dump_config(cfg))

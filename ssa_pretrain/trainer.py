@@ -31,6 +31,7 @@ from ssa_pretrain.data.loader import ShardLoader, iter_validation
 from ssa_pretrain.data.manifest import manifest_digest
 from ssa_pretrain.data.tokenizer import Tokenizer
 from ssa_pretrain.distributed import init_distributed, shutdown
+from ssa_pretrain.files import write_atomically
 from ssa_pretrain.metrics import (
     MetricsLogger,
     flops_per_token,
@@ -275,12 +276,8 @@ class Trainer:
         self.stop_signal = signum  # acted on at the next step boundary
 
     def _write_status(self, state: str, **extra: Any) -> None:
-        path = self.run_dir / "status.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(
-            json.dumps({"state": state, "step": self.step, "steps": self.cfg.train.steps, **extra})
-        )
-        os.replace(tmp, path)
+        status = {"state": state, "step": self.step, "steps": self.cfg.train.steps, **extra}
+        write_atomically(self.run_dir / "status.json", json.dumps(status))
 
     # ---------------------------------------------------------------- the loop
 

@@ -34,6 +34,7 @@ import yaml
 
 from ssa_pretrain.config import ConfigError, apply_overrides, build_config, dump_config, read_yaml
 from ssa_pretrain.errors import UserError
+from ssa_pretrain.files import write_atomically
 
 PLAN_FILE = "plan.json"
 PLAN_VERSION = 1
@@ -270,9 +271,7 @@ def plan(grid_yaml: str | Path, out_dir: str | Path, overrides: list[str] | None
         "axes": swept + named_axes,
         "runs": [asdict(r) for r in runs],
     }
-    tmp = out_dir / f".{PLAN_FILE}.tmp"
-    tmp.write_text(json.dumps(doc, indent=2) + "\n")
-    tmp.replace(out_dir / PLAN_FILE)
+    write_atomically(out_dir / PLAN_FILE, json.dumps(doc, indent=2) + "\n")
     return runs
 
 
