@@ -154,7 +154,7 @@ def hf_config(cfg: Config, vocab_size: int, dtype: torch.dtype):
         initializer_range=m.init_std,
         tie_word_embeddings=m.tie_embeddings,
         output_gate=cfg.ssa.output_gate,
-        inference_mode=cfg.ssa.inference_mode if cfg.ssa.variant == "ssa" else cfg.ssa.variant,
+        inference_mode=cfg.ssa.effective_inference_mode,
         block_size=cfg.ssa.block_size,
         block_count=cfg.ssa.block_count,
         dtype=dtype,
