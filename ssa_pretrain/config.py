@@ -107,6 +107,11 @@ class SSAConfig(Section):
     inference_mode: Literal["full", "sparse"] = "full"
     """Attention used outside training (evaluation, export) unless a caller asks for the other."""
 
+    @property
+    def effective_inference_mode(self) -> Literal["full", "sparse"]:
+        """The attention used outside training: `inference_mode` for `ssa`, else the one branch trained."""
+        return self.inference_mode if self.variant == "ssa" else self.variant
+
 
 class ParallelConfig(Section):
     """Model parallel sizes; data parallel is whatever remains of the world size."""

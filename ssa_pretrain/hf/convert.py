@@ -4,13 +4,13 @@
     ssa convert runs/300m/checkpoints/step-005000 exports/300m-step5000
 
 Steps: read `meta.json` (resolved config, vocabulary) and every TP rank's `mp_rank_NN_model_states.pt`;
-gather the shards to TP=1 (column-parallel weights on dim 0, row-parallel on dim 1, `linear_fc1` as
-`[gate; up]` per rank, norms replicated); check every shape against the config; map to Llama names
-(`q/k/v/o_proj`, `gate/up/down_proj`, norms, `embed_tokens`, plus the SSA head gate
-`self_attn.gate_proj`), dropping the embedding's padding rows; write weights (safetensors, sharded past
-`max_shard_size`), config with `auto_map`, generation config, tokenizer and the modeling code into a
-temporary directory; load it back with `trust_remote_code=True` and compare its logits with the training
-model's (Megatron, TP=1) in both inference modes; only then rename it to OUT_DIR.
+gather the shards to TP=1; check every shape against the config; map to Llama names (`q/k/v/o_proj`,
+`gate/up/down_proj`, norms, `embed_tokens`, plus the SSA head gate `self_attn.gate_proj`), dropping the
+embedding's padding rows (these three steps follow the weight-layout table, `ssa_pretrain/model/layout.py`);
+write weights (safetensors, sharded past `max_shard_size`), config with `auto_map`, generation config,
+tokenizer and the modeling code into a temporary directory; load it back with `trust_remote_code=True`
+and compare its logits with the training model's (Megatron, TP=1) in both inference modes; only then
+rename it to OUT_DIR.
 
 The staging directory `.OUT_NAME.tmp-HOST-PID-XXXXXXXX` sits next to OUT_DIR (the same file system, so the
 rename is atomic) and names its owner: a later convert into the same OUT_DIR removes the ones whose process
@@ -86,7 +86,10 @@ def load_shards(ckpt: Path, tp: int) -> list[dict[str, torch.Tensor]]:
 
 
 def gather_tensor_parallel(shards: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Megatron state dicts of TP ranks -> the TP=1 state dict (same keys)."""
+    """Megatron state dicts of TP ranks -> the TP=1 state dict (same keys), each weight as the layout table
+    says its ranks hold it."""
+    from ssa_pretrain.model import layout
+
     if len(shards) == 1:
         return dict(shards[0])
     keys = set(shards[0])
@@ -97,50 +100,21 @@ def gather_tensor_parallel(shards: list[dict[str, torch.Tensor]]) -> dict[str, t
             )
     full = {}
     for key in shards[0]:
-        parts = [shard[key] for shard in shards]
+        weight = layout.find(key)
+        if weight is None:
+            raise ConversionError(f"{key}: unknown Megatron weight; this converter does not support it")
         try:
-            if key.endswith("layernorm.weight"):  # replicated
-                full[key] = parts[0]
-            elif key.endswith(("linear_proj.weight", "linear_fc2.weight")):  # row-parallel
-                full[key] = torch.cat(parts, dim=1)
-            elif key.endswith("linear_fc1.weight"):  # column-parallel, each rank [gate_r; up_r]
-                gates, ups = zip(*(p.chunk(2, dim=0) for p in parts), strict=True)
-                full[key] = torch.cat([*gates, *ups], dim=0)
-            elif key.endswith(
-                ("linear_qkv.weight", "linear_gate.weight", "word_embeddings.weight", "output_layer.weight")
-            ):  # column-parallel (qkv: per rank its kv groups)
-                full[key] = torch.cat(parts, dim=0)
-            else:
-                raise ConversionError(f"{key}: unknown Megatron weight; this converter does not support it")
+            full[key] = layout.merge_shards(weight, [shard[key] for shard in shards])
         except RuntimeError as err:
             raise ConversionError(f"{key}: TP shards do not fit together ({err})") from err
     return full
 
 
-def expected_shapes(cfg: Config, padded_vocab: int) -> dict[str, tuple[int, ...]]:
-    """Shapes of the TP=1 Megatron state dict of `cfg`'s model."""
-    m = cfg.model
-    h, d, f = m.hidden_size, m.kv_channels, m.ffn_hidden_size
-    shapes: dict[str, tuple[int, ...]] = {"embedding.word_embeddings.weight": (padded_vocab, h)}
-    for i in range(m.num_layers):
-        p = f"decoder.layers.{i}."
-        shapes[p + "input_layernorm.weight"] = (h,)
-        shapes[p + "self_attention.linear_qkv.weight"] = ((m.num_attention_heads + 2 * m.num_kv_heads) * d, h)
-        shapes[p + "self_attention.linear_proj.weight"] = (h, m.num_attention_heads * d)
-        if cfg.ssa.output_gate:
-            shapes[p + "self_attention.linear_gate.weight"] = (m.num_attention_heads, h)
-        shapes[p + "pre_mlp_layernorm.weight"] = (h,)
-        shapes[p + "mlp.linear_fc1.weight"] = (2 * f, h)
-        shapes[p + "mlp.linear_fc2.weight"] = (h, f)
-    shapes["decoder.final_layernorm.weight"] = (h,)
-    if not m.tie_embeddings:
-        shapes["output_layer.weight"] = (padded_vocab, h)
-    return shapes
-
-
 def check_shapes(state: dict[str, torch.Tensor], cfg: Config, padded_vocab: int, ckpt: Path) -> None:
     """Raise ConversionError listing every weight whose presence or shape contradicts the config."""
-    expected = expected_shapes(cfg, padded_vocab)
+    from ssa_pretrain.model import layout
+
+    expected = layout.shapes(cfg.model, padded_vocab, cfg.ssa.output_gate)
     problems = [f"{k}: missing" for k in expected if k not in state]
     problems += [f"{k}: not in a model of this config" for k in state if k not in expected]
     problems += [
@@ -159,34 +133,6 @@ def check_shapes(state: dict[str, torch.Tensor], cfg: Config, padded_vocab: int,
 
 
 # ----------------------------------------------------------------------------------------- mapping
-
-
-def to_hf_state_dict(state: dict[str, torch.Tensor], cfg: Config, vocab_size: int) -> dict[str, torch.Tensor]:
-    """TP=1 Megatron weights -> Llama-named HF weights (embedding truncated to the tokenizer's vocabulary)."""
-    m = cfg.model
-    heads, kv_heads, d = m.num_attention_heads, m.num_kv_heads, m.kv_channels
-    group = heads // kv_heads
-    out = {"model.embed_tokens.weight": state["embedding.word_embeddings.weight"][:vocab_size]}
-    for i in range(m.num_layers):
-        src, dst = f"decoder.layers.{i}.", f"model.layers.{i}."
-        # fused QKV grouped per kv head: [q of the group's heads, k, v] x kv_heads
-        qkv = state[src + "self_attention.linear_qkv.weight"].view(kv_heads, (group + 2) * d, -1)
-        out[dst + "self_attn.q_proj.weight"] = qkv[:, : group * d].reshape(heads * d, -1)
-        out[dst + "self_attn.k_proj.weight"] = qkv[:, group * d : (group + 1) * d].reshape(kv_heads * d, -1)
-        out[dst + "self_attn.v_proj.weight"] = qkv[:, (group + 1) * d :].reshape(kv_heads * d, -1)
-        out[dst + "self_attn.o_proj.weight"] = state[src + "self_attention.linear_proj.weight"]
-        if cfg.ssa.output_gate:
-            out[dst + "self_attn.gate_proj.weight"] = state[src + "self_attention.linear_gate.weight"]
-        gate, up = state[src + "mlp.linear_fc1.weight"].chunk(2, dim=0)
-        out[dst + "mlp.gate_proj.weight"], out[dst + "mlp.up_proj.weight"] = gate, up
-        out[dst + "mlp.down_proj.weight"] = state[src + "mlp.linear_fc2.weight"]
-        out[dst + "input_layernorm.weight"] = state[src + "input_layernorm.weight"]
-        out[dst + "post_attention_layernorm.weight"] = state[src + "pre_mlp_layernorm.weight"]
-    out["model.norm.weight"] = state["decoder.final_layernorm.weight"]
-    out["lm_head.weight"] = (
-        out["model.embed_tokens.weight"] if m.tie_embeddings else state["output_layer.weight"][:vocab_size]
-    )
-    return {k: v.contiguous() for k, v in out.items()}
 
 
 def hf_config(cfg: Config, vocab_size: int, dtype: torch.dtype):
@@ -208,7 +154,7 @@ def hf_config(cfg: Config, vocab_size: int, dtype: torch.dtype):
         initializer_range=m.init_std,
         tie_word_embeddings=m.tie_embeddings,
         output_gate=cfg.ssa.output_gate,
-        inference_mode=cfg.ssa.inference_mode if cfg.ssa.variant == "ssa" else cfg.ssa.variant,
+        inference_mode=cfg.ssa.effective_inference_mode,
         block_size=cfg.ssa.block_size,
         block_count=cfg.ssa.block_count,
         dtype=dtype,
@@ -377,12 +323,13 @@ def convert(
         vocab_size = int(meta["vocab_size"])
     except Exception as err:
         raise CheckpointError(f"{ckpt / 'meta.json'}: no usable config / vocab_size ({err})") from err
+    from ssa_pretrain.model import layout
     from ssa_pretrain.model.gpt import padded_vocab_size
 
     state = gather_tensor_parallel(load_shards(ckpt, cfg.parallel.tp))
     check_shapes(state, cfg, padded_vocab_size(vocab_size, cfg.model, cfg.parallel.tp), ckpt)
     dtype = state["decoder.final_layernorm.weight"].dtype
-    hf_state = to_hf_state_dict(state, cfg, vocab_size)
+    hf_state = layout.hf_state_dict(state, cfg.model, cfg.ssa.output_gate, vocab_size)
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = staging_path(out_dir, "tmp")

@@ -87,7 +87,7 @@ class SSACoreAttention(MegatronModule):
         self.cp_comm = cp_comm_from_megatron(cp_comm_type)  # parallel.cp_comm, through Megatron
         # Each TP rank holds 1/tp of the heads; the global alignment loss is the mean over ranks.
         self.aux_weight = self.ssa.alpha / (config.num_layers * tp)
-        self.mode: Mode = self.ssa.inference_mode if self.ssa.variant == "ssa" else self.ssa.variant
+        self.mode: Mode = self.ssa.effective_inference_mode
         self.block_size = self.ssa.block_size
         self.block_count = self.ssa.block_count
         self.last_alignment: torch.Tensor | None = (

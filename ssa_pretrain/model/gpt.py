@@ -6,6 +6,7 @@ Requires `megatron.core.parallel_state` to be initialised (see `ssa_pretrain.dis
 from __future__ import annotations
 
 import contextlib
+import math
 
 import torch
 import torch.distributed as dist
@@ -16,6 +17,7 @@ from megatron.core.transformer.transformer_block import TransformerBlockSubmodul
 
 from ssa_pretrain import cpu_shims
 from ssa_pretrain.config import Config, ModelConfig
+from ssa_pretrain.model import layout
 from ssa_pretrain.model.attention import SSACoreAttention, SSATransformerConfig
 from ssa_pretrain.model.modes import Mode
 from ssa_pretrain.model.spec import get_ssa_block_spec
@@ -159,11 +161,5 @@ def alignment_per_layer(model: torch.nn.Module) -> torch.Tensor | None:
 
 
 def count_parameters(model: ModelConfig, vocab_size: int, output_gate: bool) -> int:
-    """Analytic parameter count of the (unsharded) model; `vocab_size` as padded."""
-    h, d, f = model.hidden_size, model.kv_channels, model.ffn_hidden_size
-    attention = h * d * (model.num_attention_heads * 2 + model.num_kv_heads * 2)  # q, o; k, v
-    if output_gate:
-        attention += h * model.num_attention_heads
-    layer = attention + 3 * h * f + 2 * h  # SwiGLU (gate, up, down) + two RMSNorms
-    embeddings = vocab_size * h * (1 if model.tie_embeddings else 2)
-    return model.num_layers * layer + h + embeddings  # + final norm
+    """Analytic parameter count of the (unsharded) model, from the layout table; `vocab_size` as padded."""
+    return sum(math.prod(shape) for shape in layout.shapes(model, vocab_size, output_gate).values())
