@@ -14,10 +14,7 @@
   `K − 1` times the segment list and one segment, instead of a sort of the row.
 
 The query axis is processed in chunks of `TC` tokens so that the scratch buffer stays under
-`SCRATCH_BYTES`. (An earlier single kernel kept a running top-k with a bitonic merge per score tile; the
-merges cost 3/4 of its time: docs/PERFORMANCE.md. The next one wrote the best key of every segment from the
-score kernel: 64-bit work on a score tile replicated across lanes; without it and with unmasked interior
-tiles, pass 2's loop has 269 instead of 466 instructions per thread in the sm_90 PTX.)
+`SCRATCH_BYTES`. Why two kernels and no 64-bit work in the score kernel: docs/PERFORMANCE.md.
 """
 
 import torch
