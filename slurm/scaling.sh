@@ -44,7 +44,7 @@ RESULTS=$OUT/bench_scaling.jsonl
 mkdir -p "$OUT/logs"
 say() { echo "[scaling.sh $(date '+%F %T')] $*" | tee -a "$OUT/summary.txt"; }
 
-# .git may not travel with the tree to the GPU machine: name the commit once, here.
+# A copy of the tree may have no .git: name the commit once, here.
 export GIT_COMMIT=${GIT_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}
 if [ "${SSA_DEVICE:-gpu}" = cpu ]; then

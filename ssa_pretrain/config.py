@@ -255,21 +255,23 @@ class Config(Section):
 
     @model_validator(mode="after")
     def _check_cross_sections(self) -> Config:
-        m, p = self.model, self.parallel
-        if m.num_kv_heads % p.tp:
-            raise ValueError(f"parallel.tp={p.tp} must divide model.num_kv_heads={m.num_kv_heads}")
-        if m.ffn_hidden_size % p.tp:
-            raise ValueError(f"parallel.tp={p.tp} must divide model.ffn_hidden_size={m.ffn_hidden_size}")
-        unit = 2 * p.cp * (self.ssa.block_size if p.cp > 1 else 1)  # each CP chunk holds whole key blocks
-        if self.data.seq_len % unit:
+        tp, cp, seq_len = self.parallel.tp, self.parallel.cp, self.data.seq_len
+        if self.model.num_kv_heads % tp:
+            raise ValueError(f"parallel.tp={tp} must divide model.num_kv_heads={self.model.num_kv_heads}")
+        if self.model.ffn_hidden_size % tp:
             raise ValueError(
-                f"data.seq_len={self.data.seq_len} must be a multiple of 2 * parallel.cp"
-                f"{' * ssa.block_size' if p.cp > 1 else ''} = {unit}"
+                f"parallel.tp={tp} must divide model.ffn_hidden_size={self.model.ffn_hidden_size}"
             )
-        if p.sequence_parallel and self.data.seq_len % (p.cp * p.tp):  # each CP share splits over TP
+        unit = 2 * cp * (self.ssa.block_size if cp > 1 else 1)  # each CP chunk holds whole key blocks
+        if seq_len % unit:
             raise ValueError(
-                f"data.seq_len={self.data.seq_len} must be a multiple of parallel.cp * parallel.tp = "
-                f"{p.cp * p.tp} with parallel.sequence_parallel"
+                f"data.seq_len={seq_len} must be a multiple of 2 * parallel.cp"
+                f"{' * ssa.block_size' if cp > 1 else ''} = {unit}"
+            )
+        if self.parallel.sequence_parallel and seq_len % (cp * tp):  # each CP share splits over TP
+            raise ValueError(
+                f"data.seq_len={seq_len} must be a multiple of parallel.cp * parallel.tp = "
+                f"{cp * tp} with parallel.sequence_parallel"
             )
         return self
 

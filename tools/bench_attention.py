@@ -3,15 +3,16 @@
     python tools/bench_attention.py                      # 8K/32K/64K/128K, batch x length = 65,536 tokens
     python tools/bench_attention.py --seqlens 8192 --append docs/perf/bench_attention.jsonl
     python tools/bench_attention.py --tune fwd dq --seqlens 65536  # sweep launch parameters (all: --tune)
-    git archive deb82d0 kernels | tar -x -C /tmp/prev        # an earlier version of the kernels, then:
-    python tools/bench_attention.py --baseline /tmp/prev/kernels --baseline-name deb82d0
+    git archive REV kernels | tar -x -C /tmp/prev            # the kernels of another revision, then:
+    python tools/bench_attention.py --baseline /tmp/prev/kernels --baseline-name REV
 
-Shape of the issue: bf16, 32 query heads, 2 kv heads, head dim 64, block size 16, 16 blocks; every length runs
-with batch = 65,536 / length (8K x 8, 32K x 2, 64K x 1; 128K x 1). Times are medians of CUDA-event timings
-(`triton.testing.do_bench`). `sparse_fwd_bwd_ms` includes the selection; `cudnn_fwd_bwd_ms` is plain
-`F.scaled_dot_product_attention` restricted to the cuDNN backend, in the same process. With `--baseline`, the
-selection and sparse fwd+bwd of another copy of `ssa_kernels` (e.g. the previous commit's) are timed in the
-same process on the same inputs (`baseline_*` fields, and how many selection rows both give identically).
+Shape (the 1B model's attention): bf16, 32 query heads, 2 kv heads, head dim 64, block size 16, 16 blocks;
+every length runs with batch = 65,536 / length (8K x 8, 32K x 2, 64K x 1; 128K x 1). Times are medians of
+CUDA-event timings (`triton.testing.do_bench`). `sparse_fwd_bwd_ms` includes the selection; `cudnn_fwd_bwd_ms`
+is plain `F.scaled_dot_product_attention` restricted to the cuDNN backend, in the same process. With
+`--baseline`, the selection and sparse fwd+bwd of another copy of `ssa_kernels` (e.g. the previous revision's)
+are timed in the same process on the same inputs (`baseline_*` fields, and how many selection rows both give
+identically).
 """
 
 import argparse

@@ -3,21 +3,21 @@
 Per sequence length: the single-GPU time of cuDNN full attention (the baseline) and of SSA training attention
 (both branches, `ssa_kernels`), and the context-parallel time of the same SSA attention (ring over all ranks:
 `context_parallel_ssa_attention`) and of full attention alone (`context_parallel_full_attention`). Speed-up =
-single-GPU SSA time / CP SSA time; the issue's target is >= 1.85x at 64K and >= 1.9x at 128K on 2 GPUs.
+single-GPU SSA time / CP SSA time; the target is >= 1.85x at 64K and >= 1.9x at 128K on 2 GPUs.
 Shape: bf16, 32 query heads, 2 kv heads, head dim 64, block size 16, 16 blocks, batch 1.
 
 Next to it, in the same run (CUDA only; skipped on CPU, where PyTorch's ring has no SDPA kernel): PyTorch's
 own ring attention, `torch.distributed.tensor.experimental.context_parallel` as torchtitan drives it, for
-full causal attention, and its single-GPU SDPA at the same length for its speed-up. Its shape is the one the
-issue measured it at (32 heads x 64, kv heads = query heads, `[1, heads, T, 64]` bf16), which every SDPA
-backend runs (SDPA's GQA is flash / math only, and untried in PyTorch's ring); attention FLOPs equal ours,
-its K/V traffic is heads / kv_heads times ours. Like torchtitan, the context manager shards the sequence's
-token positions (its `buffers`, sequence dim 0, not restored); each rank builds its q/k/v rows from them
-(PyTorch's head-tail load balancing: rank r holds chunks r and 2P-1-r, as ours) and calls
-`F.scaled_dot_product_attention(is_causal=True)` inside the context, forward and backward, under
-`sdpa_kernel(backend)`: the first of `--native-backends` that runs is timed (the issue measured cuDNN). K/V
-rotation: `--native-rotate` (PyTorch's default `allgather`, or `alltoall`). A failure there is recorded in
-`native_error` and does not touch our numbers.
+full causal attention, and its single-GPU SDPA at the same length for its speed-up. Its shape is that of
+its reference measurement in docs/SCALING.md (32 heads x 64, kv heads = query heads, `[1, heads, T, 64]`
+bf16), which every SDPA backend runs (SDPA's GQA is flash / math only, and untried in PyTorch's ring);
+attention FLOPs equal ours, its K/V traffic is heads / kv_heads times ours. Like torchtitan, the context
+manager shards the sequence's token positions (its `buffers`, sequence dim 0, not restored); each rank builds
+its q/k/v rows from them (PyTorch's head-tail load balancing: rank r holds chunks r and 2P-1-r, as ours) and
+calls `F.scaled_dot_product_attention(is_causal=True)` inside the context, forward and backward, under
+`sdpa_kernel(backend)`: the first of `--native-backends` that runs is timed (the reference measurement is
+cuDNN's). K/V rotation: `--native-rotate` (PyTorch's default `allgather`, or `alltoall`). A failure there is
+recorded in `native_error` and does not touch our numbers.
 
 Also per op: peak memory per rank (`torch.cuda.max_memory_allocated`, reset before each op; it includes the
 op's inputs: whole q/k/v on one GPU, this rank's shards under CP), and for each CP op one more iteration

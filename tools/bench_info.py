@@ -10,7 +10,7 @@ import torch
 
 
 def git_commit() -> str:
-    """`GIT_COMMIT` when set (.git does not travel to a lent GPU machine), else the short commit of the
+    """`GIT_COMMIT` when set (for a copy of the tree without .git), else the short commit of the
     working tree with `+dirty` when it has changes; `unknown` outside git."""
     if os.environ.get("GIT_COMMIT"):
         return os.environ["GIT_COMMIT"]

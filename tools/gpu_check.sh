@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # GPU checks of the training stack on a GPU machine (torch 2.11, Python 3.12, no megatron/deepspeed):
-#   carry .whl (megatron-core 0.19.2, deepspeed 0.19.8, pydantic, webdataset, ... see docs/DEVELOPMENT.md)
+#   the wheels in .whl/ (megatron-core 0.19.2, deepspeed 0.19.8, pydantic, webdataset, ...:
+#   see docs/DEVELOPMENT.md)
 #   bash tools/gpu_check.sh "$OUT"
 # 1. installs the wheels and this package, prints versions; 2. GPU tests (model, kernels); 3. a bf16
 # DeepSpeed training run of the tiny config on the bundled corpus; 4. 1B steps at 8K tokens (bench_train).

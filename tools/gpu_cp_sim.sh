@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Context parallelism simulated on ONE GPU, in one call on a GPU machine (torch 2.11, Python 3.12;
-# carry .whl as for tools/gpu_check.sh, installed by tools/gpu_setup.sh):
+# Context parallelism simulated on ONE GPU, in one run on a GPU machine (torch 2.11, Python 3.12;
+# the wheels in .whl/ as for tools/gpu_check.sh, installed by tools/gpu_setup.sh):
 #   GIT_COMMIT=<commit> bash tools/gpu_cp_sim.sh "$OUT"
 # 1. GPU tests of what the simulation relies on (hard cap 150 s): the full-attention backend API (cuDNN /
 #    flash backward from a merged lse) and every simulated CP rank against one process in bf16 (ring and

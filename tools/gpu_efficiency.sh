@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Training efficiency on one GPU (torch 2.11, Python 3.12, no megatron/deepspeed: carry .whl, installed by
-# tools/gpu_setup.sh), in one call of about 5 minutes:
+# Training efficiency on one GPU (torch 2.11, Python 3.12, no megatron/deepspeed: the wheels in .whl/,
+# installed by tools/gpu_setup.sh), in one run of about 5 minutes:
 #   bash tools/gpu_efficiency.sh "$OUT"
 # Every part appends JSON lines to OUT/bench_efficiency.jsonl as soon as each shape is measured
 # (tools/bench_train.py: throughput, MFU, peak memory, the profiler split of a step, the saved-for-backward
@@ -17,7 +17,7 @@
 # Each part runs under `timeout`, capped so that the parts after it keep their share of BUDGET (default
 # 290 s from the start of this script, setup included); a part with less than 25 s is skipped and said so.
 # OUT/summary.txt: what ran, how long, how it ended, and the table. Exit status 0 when nothing failed.
-# Environment: BUDGET (s), GIT_COMMIT (recorded in the lines; .git may not travel to the device).
+# Environment: BUDGET (s), GIT_COMMIT (recorded in the lines; for a copy of the tree without .git).
 set -uo pipefail
 OUT=${1:-/tmp/gpu-efficiency}
 BUDGET=${BUDGET:-290}

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Multi-GPU checks of context / tensor parallelism, for a GPU machine with 2 or more GPUs
-# (torch 2.11, Python 3.12, no megatron/deepspeed: carry .whl, installed by tools/gpu_setup.sh), in one call:
+# Multi-GPU checks of context / tensor parallelism, for a GPU machine with 2 or more GPUs (torch 2.11,
+# Python 3.12, no megatron/deepspeed: the wheels in .whl/, installed by tools/gpu_setup.sh), in one run:
 #   bash tools/gpu_multi.sh "$OUT"
 # (a) NCCL / bf16 gradient equivalence with one GPU: tests/distributed/test_parallel_gradients_gpu.py
 #     (2 GPUs: TP2, CP2 full and sparse; 4: + CP4, TP2xCP2, DP2xCP2; 8: + CP8, DP2xTP2xCP2); the numbers of
@@ -26,9 +26,9 @@
 #   torchrun --nproc-per-node 2 tools/bench_scaling.py --layout cp --seqlens 131072 --warmup 1 --steps 1 \
 #       train.recompute=full --out OUT/oom.jsonl
 # (the cost model: 36.7 s per 1-GPU step at 128K with full recompute if it fitted, a CP=2 step about half of
-# it; with start-up, data preparation at 128K and the 1-GPU attempt, some 2-3 minutes: a call of its own.)
+# it; with start-up, data preparation at 128K and the 1-GPU attempt, some 2-3 minutes: a run of its own.)
 #
-# Environment: BUDGET (s), GIT_COMMIT (recorded in the benchmark lines; .git may not travel to the device),
+# Environment: BUDGET (s), GIT_COMMIT (recorded in the benchmark lines; for a copy of the tree without .git),
 # CP_SEQLENS (default "65536 131072"), SCALING_MODEL (default configs/model/1b.yaml), SCALING_SEQLEN (32768).
 set -uo pipefail
 OUT=${1:-/tmp/gpu-multi}

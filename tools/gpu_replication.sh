@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Train and evaluate runs of the replication sweep (configs/sweeps/replication-40m.yaml) on one GPU in one
-# go, for a machine that keeps nothing between calls (docs/RESULTS.md):
-#   carry: .whl (see tools/gpu_setup.sh), data/build/tech-mix.jsonl.xz, data/build/tech-mix-tokenizer
+# go, for a machine that keeps nothing between runs (docs/RESULTS.md):
+#   beside the tree: .whl (see tools/gpu_setup.sh), data/build/tech-mix.jsonl.xz and
+#   data/build/tech-mix-tokenizer
 #   bash tools/gpu_replication.sh OUT "full sparse ssa"          # the runs to do, 3 at a time on the GPU
 # 1. wheels + this package; 2. shards of the corpus (16 workers); 3. `ssa sweep plan` + `ssa sweep run`;
 # 4. as each run completes: `ssa convert` and the `ssa eval` set (ppl 2K/4K/8K with and without 4x RoPE

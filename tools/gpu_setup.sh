@@ -1,7 +1,7 @@
 # Sourced on a GPU machine (torch 2.11, Python 3.12, no megatron-core / DeepSpeed) by tools/gpu_check.sh
 # and tools/gpu_multi.sh, from the repository root, with the run's output folder as $1:
 #   . tools/gpu_setup.sh "$OUT" || exit 1
-# Installs the carried wheels (.whl: megatron-core 0.19.2, DeepSpeed 0.19.8, pydantic, webdataset, ... see
+# Installs the wheels in .whl/ ( megatron-core 0.19.2, DeepSpeed 0.19.8, pydantic, webdataset, ... see
 # docs/DEVELOPMENT.md) into /tmp/site and this package in editable mode, exports PYTHONPATH, and writes the
 # versions (and GPUs) to $1/versions.txt. Returns non-zero when an install fails.
 export PYTHONUNBUFFERED=1 WANDB_MODE=disabled

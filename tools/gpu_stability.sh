@@ -2,7 +2,7 @@
 # Is an unstable SSA run the kernels' numerics or the method? Trains the replication's `ssa` run
 # (configs/train/40m-2k.yaml) in several settings side by side on one GPU for a fixed time, same data order
 # and seed, and keeps their metrics (docs/RESULTS.md, "Stability"):
-#   carry: .whl, data/build/tech-mix.jsonl.xz, data/build/tech-mix-tokenizer
+#   beside the tree: .whl, data/build/tech-mix.jsonl.xz, data/build/tech-mix-tokenizer
 #   bash tools/gpu_stability.sh OUT [SECONDS]
 # Settings: `triton` (as trained), `reference` (the sparse branch on its PyTorch reference:
 # SSA_KERNELS_REFERENCE=sparse_attention), `lr1e-3` (the released recipe's learning rate), `fp32`.

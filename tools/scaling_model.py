@@ -68,7 +68,7 @@ class Hardware:
     net_latency_us: float
     """Latency of one transfer between nodes."""
     memory_gib: float
-    """Usable memory per GPU (what the lent machines report)."""
+    """Usable memory per GPU, as the GPU reports it (below the nominal size)."""
 
 
 HARDWARE = {

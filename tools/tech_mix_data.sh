@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The tech-mix shards of the 2K replication runs in DATA (default /tmp/tech-mix), built once (16 workers)
-# from the carried corpus and tokenizer, with the tokenizer copied beside them, where training looks for it.
+# from the corpus and tokenizer in data/build/, with the tokenizer copied beside them, where training
+# looks for it.
 # Used by tools/gpu_replication.sh and tools/gpu_stability.sh:
 #   bash tools/tech_mix_data.sh DATA            # prints the shard summary when it builds them
 set -euo pipefail

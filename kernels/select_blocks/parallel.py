@@ -14,10 +14,7 @@
   `K − 1` times the segment list and one segment, instead of a sort of the row.
 
 The query axis is processed in chunks of `TC` tokens so that the scratch buffer stays under
-`SCRATCH_BYTES`. (An earlier single kernel kept a running top-k with a bitonic merge per score tile; the
-merges cost 3/4 of its time: docs/PERFORMANCE.md. The next one wrote the best key of every segment from the
-score kernel: 64-bit work on a score tile replicated across lanes; without it and with unmasked interior
-tiles, pass 2's loop has 269 instead of 466 instructions per thread in the sm_90 PTX.)
+`SCRATCH_BYTES`. Why two kernels and no 64-bit work in the score kernel: docs/PERFORMANCE.md.
 """
 
 import torch
@@ -44,7 +41,7 @@ def block_logits(
     j0,
     NB,
     D: tl.constexpr,
-    DP: tl.constexpr,
+    D_PAD: tl.constexpr,
     BN: tl.constexpr,
     PRECISION: tl.constexpr,
     MASKED: tl.constexpr,
@@ -52,7 +49,7 @@ def block_logits(
     """`[R, BN]` unscaled logits of the rows `qt` against blocks `j0 … j0 + BN − 1`, and those blocks;
     `MASKED`: some of them may lie past the `NB` means. (Callers scale inside their `exp2`: one FMA.)"""
     j = j0 + tl.arange(0, BN)
-    d = tl.arange(0, DP)
+    d = tl.arange(0, D_PAD)
     kb_ptrs = kbar_bh + j[:, None] * D + d[None, :]
     if MASKED:
         kb = tl.load(kb_ptrs, mask=(j[:, None] < NB) & (d[None, :] < D), other=0.0)
@@ -72,7 +69,7 @@ def lse_step(
     NB,
     scale_log2,
     D: tl.constexpr,
-    DP: tl.constexpr,
+    D_PAD: tl.constexpr,
     BN: tl.constexpr,
     PRECISION: tl.constexpr,
     MASKED: tl.constexpr,
@@ -80,7 +77,7 @@ def lse_step(
     """Online log2-sum-exp of pass 1 over one tile: `m` (the largest unscaled logit; `scale_log2 > 0`) and
     `acc` updated; `MASKED`: only blocks `j < n_complete` count (`[R]`), else all of the tile's blocks are
     complete for every row."""
-    s, j = block_logits(qt, kbar_bh, j0, NB, D, DP, BN, PRECISION, MASKED)
+    s, j = block_logits(qt, kbar_bh, j0, NB, D, D_PAD, BN, PRECISION, MASKED)
     if MASKED:
         s = tl.where(j[None, :] < n_complete[:, None], s, float("-inf"))
         m_new = tl.maximum(m, tl.max(s, 1))
@@ -110,7 +107,7 @@ def score_step(
     NSEG,
     scale_log2,
     D: tl.constexpr,
-    DP: tl.constexpr,
+    D_PAD: tl.constexpr,
     BS: tl.constexpr,
     BT: tl.constexpr,
     GP: tl.constexpr,
@@ -121,7 +118,7 @@ def score_step(
     """Pass 2 over one tile: the group scores of blocks `j0 … j0 + BN − 1` to `scores`, their maximum per
     token to `segment_max`. Rows to ignore carry `lse = +inf`; `MASKED`: only past blocks `j < n_past`
     (`[R]`) count, else the tile is past for every row and every token is below `t_end`."""
-    s, j = block_logits(qt, kbar_bh, j0, NB, D, DP, BN, PRECISION, MASKED)
+    s, j = block_logits(qt, kbar_bh, j0, NB, D, D_PAD, BN, PRECISION, MASKED)
     p = tl.exp2(s * scale_log2 - lse[:, None])
     if MASKED:
         p = tl.where(j[None, :] < n_past[:, None], p, 0.0)
@@ -153,7 +150,7 @@ def block_scores_kernel(
     G: tl.constexpr,
     GP: tl.constexpr,
     D: tl.constexpr,
-    DP: tl.constexpr,
+    D_PAD: tl.constexpr,
     BS: tl.constexpr,
     BT: tl.constexpr,
     BN: tl.constexpr,
@@ -171,7 +168,7 @@ def block_scores_kernel(
     tok = t0 + rows // GP  # [R]
     head = rows % GP
     row_ok = (tok < t_end) & (head < G)
-    d = tl.arange(0, DP)
+    d = tl.arange(0, D_PAD)
     q_rows = q + ((b * T + tok).to(tl.int64) * (HKV * G) + h * G + head) * D  # [R]
     qt = tl.load(q_rows[:, None] + d[None, :], mask=row_ok[:, None] & (d[None, :] < D), other=0.0)
     kbar_bh = kbar + pid_bh.to(tl.int64) * NB * D
@@ -189,7 +186,7 @@ def block_scores_kernel(
         hi = (last + 1) // BS if masked else unmasked_end
         for j0 in range(lo, hi, BN):
             m, acc = lse_step(
-                qt, kbar_bh, j0, m, acc, n_complete, NB, scale_log2, D, DP, BN, PRECISION, masked
+                qt, kbar_bh, j0, m, acc, n_complete, NB, scale_log2, D, D_PAD, BN, PRECISION, masked
             )
     # -inf for rows without a complete block (they have no past block either); +inf for padding rows: p = 0
     lse = tl.where(row_ok, m * scale_log2 + tl.log2(acc), float("inf"))
@@ -205,7 +202,7 @@ def block_scores_kernel(
         for j0 in range(lo, hi, BN):
             score_step(
                 qt, kbar_bh, j0, lse, n_past, tok_t, row, t_end, q_start, scores, segment_max, NB, NSEG,
-                scale_log2, D, DP, BS, BT, GP, BN, PRECISION, masked,
+                scale_log2, D, D_PAD, BS, BT, GP, BN, PRECISION, masked,
             )  # fmt: skip
 
 
@@ -321,7 +318,7 @@ def parallel_select_blocks_from_means(
             G=group,
             GP=group_pad,
             D=dim,
-            DP=max(16, triton.next_power_of_2(dim)),
+            D_PAD=max(16, triton.next_power_of_2(dim)),  # head dim padded for `tl.arange` / tl.dot
             BT=tile_tokens,
             BN=tile_blocks,
             PRECISION="ieee" if q.dtype == torch.float32 else "tf32",

@@ -27,12 +27,12 @@ def selected_keys(
     Q0,
     HKV: tl.constexpr,
     D: tl.constexpr,
-    DP: tl.constexpr,
+    D_PAD: tl.constexpr,
     BS: tl.constexpr,
     NS: tl.constexpr,
     BKV: tl.constexpr,
 ):
-    """Keys and values `[BKV, DP]` at positions `n0 … n0 + BKV − 1` of query row `t`'s selected blocks laid
+    """Keys and values `[BKV, D_PAD]` at positions `n0 … n0 + BKV − 1` of query row `t`'s selected blocks laid
     end to end (kv head `h`, batch `b`), and which of them the row sees (`[BKV]`: a used slot, at or before
     its position `Q0 + t`; `T` query rows, `TK` keys)."""
     n = n0 + tl.arange(0, BKV)
@@ -40,7 +40,7 @@ def selected_keys(
     pos = blk * BS + n % BS
     ok = (blk >= 0) & (pos <= Q0 + t) & (pos < TK)
     kv_rows = ((b * TK + pos).to(tl.int64) * HKV + h) * D
-    d = tl.arange(0, DP)
+    d = tl.arange(0, D_PAD)
     mask = ok[:, None] & (d < D)[None, :]
     kt = tl.load(k + kv_rows[:, None] + d[None, :], mask=mask, other=0.0)
     vt = tl.load(v + kv_rows[:, None] + d[None, :], mask=mask, other=0.0)
@@ -63,7 +63,7 @@ def sparse_fwd_kernel(
     G: tl.constexpr,
     GP: tl.constexpr,
     D: tl.constexpr,
-    DP: tl.constexpr,
+    D_PAD: tl.constexpr,
     BS: tl.constexpr,
     NS: tl.constexpr,
     BKV: tl.constexpr,
@@ -75,7 +75,7 @@ def sparse_fwd_kernel(
     pid_bh = tl.program_id(1)
     b, h = pid_bh // HKV, pid_bh % HKV
     head = tl.arange(0, GP)
-    d = tl.arange(0, DP)
+    d = tl.arange(0, D_PAD)
     row_ok = head < G
     d_ok = d < D
     bt = (b * T + t).to(tl.int64)
@@ -83,11 +83,11 @@ def sparse_fwd_kernel(
     qt = tl.load(q + q_rows[:, None] + d[None, :], mask=row_ok[:, None] & d_ok[None, :], other=0.0)
     m = tl.full([GP], float("-inf"), tl.float32)
     acc_l = tl.zeros([GP], tl.float32)
-    acc = tl.zeros([GP, DP], tl.float32)
+    acc = tl.zeros([GP, D_PAD], tl.float32)
     for n0 in range(0, NS * BS, BKV):
         kt, vt, ok = selected_keys(
-            k, v, idx, n0, b, t, h, T, TK, Q0, HKV, D, DP, BS, NS, BKV
-        )  # [BKV, DP] x2, [BKV]
+            k, v, idx, n0, b, t, h, T, TK, Q0, HKV, D, D_PAD, BS, NS, BKV
+        )  # [BKV, D_PAD] x2, [BKV]
         s = tl.dot(qt, tl.trans(kt), input_precision=PRECISION) * scale_log2  # [GP, BKV]
         s = tl.where(ok[None, :], s, float("-inf"))
         m_new = tl.maximum(m, tl.max(s, 1))
@@ -126,7 +126,7 @@ def sparse_bwd_dq_kernel(
     G: tl.constexpr,
     GP: tl.constexpr,
     D: tl.constexpr,
-    DP: tl.constexpr,
+    D_PAD: tl.constexpr,
     BS: tl.constexpr,
     NS: tl.constexpr,
     BKV: tl.constexpr,
@@ -138,7 +138,7 @@ def sparse_bwd_dq_kernel(
     pid_bh = tl.program_id(1)
     b, h = pid_bh // HKV, pid_bh % HKV
     head = tl.arange(0, GP)
-    d = tl.arange(0, DP)
+    d = tl.arange(0, D_PAD)
     row_ok = head < G
     d_ok = d < D
     bt = (b * T + t).to(tl.int64)
@@ -153,11 +153,11 @@ def sparse_bwd_dq_kernel(
     if dlse is not None:  # d lse / d logit = p: it enters as ds = p (dp - delta + dlse)
         dlt -= tl.load(dlse + row_stats, mask=row_ok, other=0.0)
     tl.store(delta + row_stats, dlt, mask=row_ok)
-    acc = tl.zeros([GP, DP], tl.float32)
+    acc = tl.zeros([GP, D_PAD], tl.float32)
     for n0 in range(0, NS * BS, BKV):
         kt, vt, ok = selected_keys(
-            k, v, idx, n0, b, t, h, T, TK, Q0, HKV, D, DP, BS, NS, BKV
-        )  # [BKV, DP] x2, [BKV]
+            k, v, idx, n0, b, t, h, T, TK, Q0, HKV, D, D_PAD, BS, NS, BKV
+        )  # [BKV, D_PAD] x2, [BKV]
         s = tl.dot(qt, tl.trans(kt), input_precision=PRECISION) * (scale * 1.4426950408889634)
         p = tl.where(ok[None, :], tl.exp2(s - lse2[:, None]), 0.0)  # [GP, BKV]
         dp = tl.dot(dot, tl.trans(vt), input_precision=PRECISION)
@@ -187,7 +187,7 @@ def sparse_bwd_dkdv_kernel(
     G: tl.constexpr,
     GP: tl.constexpr,
     D: tl.constexpr,
-    DP: tl.constexpr,
+    D_PAD: tl.constexpr,
     BS: tl.constexpr,
     BSP: tl.constexpr,
     BT: tl.constexpr,
@@ -197,7 +197,7 @@ def sparse_bwd_dkdv_kernel(
     j = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b, h = pid_bh // HKV, pid_bh % HKV
-    d = tl.arange(0, DP)
+    d = tl.arange(0, D_PAD)
     d_ok = d < D
     pos = j * BS + tl.arange(0, BSP)  # [BSP]
     key_ok = (pos < TK) & (tl.arange(0, BSP) < BS)
@@ -205,8 +205,8 @@ def sparse_bwd_dkdv_kernel(
     kv_mask = key_ok[:, None] & d_ok[None, :]
     kb = tl.load(k + kv_rows[:, None] + d[None, :], mask=kv_mask, other=0.0)
     vb = tl.load(v + kv_rows[:, None] + d[None, :], mask=kv_mask, other=0.0)
-    dk_acc = tl.zeros([BSP, DP], tl.float32)
-    dv_acc = tl.zeros([BSP, DP], tl.float32)
+    dk_acc = tl.zeros([BSP, D_PAD], tl.float32)
+    dv_acc = tl.zeros([BSP, D_PAD], tl.float32)
     rows = tl.arange(0, BT * GP)
     head = rows % GP
     start = tl.load(rev_offsets + pid_bh * NBA + j)
@@ -240,7 +240,7 @@ def _tiles(q: torch.Tensor, k: torch.Tensor, block_size: int) -> dict[str, int |
         "G": group,
         "GP": max(16, triton.next_power_of_2(group)),  # rows of a tensor-core tile
         "D": q.shape[3],
-        "DP": max(16, triton.next_power_of_2(q.shape[3])),
+        "D_PAD": max(16, triton.next_power_of_2(q.shape[3])),  # head dim padded for `tl.arange` / tl.dot
         "BS": block_size,
         "PRECISION": "ieee" if q.dtype == torch.float32 else "tf32",
     }
@@ -413,7 +413,7 @@ def sparse_attention_bwd(
         NBA=num_blocks,
         scale=scale,
         BSP=max(16, triton.next_power_of_2(block_size)),
-        BT=max(1, (dkdv_rows or (128 if tiles["DP"] <= 64 else 64)) // tiles["GP"]),
+        BT=max(1, (dkdv_rows or (128 if tiles["D_PAD"] <= 64 else 64)) // tiles["GP"]),
         **tiles,
         num_warps=dkdv_warps,
         num_stages=dkdv_stages,

@@ -118,7 +118,9 @@ class SSACoreAttention(MegatronModule):
                 comm=self.cp_comm,
             )[0]
 
-    def _both(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _full_and_sparse(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(a_full, a_sparse); under context parallelism from one ring pass that serves both branches."""
         if self.cp_group is None or self.cp_group.size() == 1:
             return self._full(q, k, v), self._sparse(q, k, v)
@@ -127,10 +129,10 @@ class SSACoreAttention(MegatronModule):
         )
         return a_full, a_sparse
 
-    def aligns(self) -> bool:
+    def computes_alignment(self) -> bool:
         """Whether this forward computes the counterpart branch for the alignment loss."""
-        s = self.ssa
-        return self.training and s.variant == "ssa" and s.alpha > 0 and (s.w_fs > 0 or s.w_sf > 0)
+        ssa = self.ssa
+        return self.training and ssa.variant == "ssa" and ssa.alpha > 0 and (ssa.w_fs > 0 or ssa.w_sf > 0)
 
     def forward(
         self,
@@ -151,12 +153,12 @@ class SSACoreAttention(MegatronModule):
         # [b, s, heads, d], one contiguous copy that both branches save (each kernel would copy its own);
         # `value` is a view of Megatron's fused qkv projection, which a saved view would keep alive whole.
         q, k, v = (t.transpose(0, 1).contiguous() for t in (query, key, value))
-        if self.aligns():
-            a_full, a_sparse = self._both(q, k, v)
+        if self.computes_alignment():
+            a_full, a_sparse = self._full_and_sparse(q, k, v)
             out = a_full if self.mode == "full" else a_sparse
             with record_function("attention.alignment"):
-                loss, value_for_log = alignment_terms(a_full, a_sparse, self.ssa.w_fs, self.ssa.w_sf)
-                self.last_alignment = value_for_log
+                loss, divergence = alignment_terms(a_full, a_sparse, self.ssa.w_fs, self.ssa.w_sf)
+                self.last_alignment = divergence
                 out = AttachAuxLoss.apply(out, loss * self.aux_weight)
         else:
             out = self._full(q, k, v) if self.mode == "full" else self._sparse(q, k, v)
