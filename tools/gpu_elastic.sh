@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Elastic attention on one GPU in one call (about 4 minutes; torch 2.11, Python 3.12: carry .whl, installed by
-# tools/gpu_setup.sh):
+# Elastic attention on one GPU in one run of about 4 minutes (torch 2.11, Python 3.12: the wheels in .whl/,
+# installed by tools/gpu_setup.sh):
 #   GIT_COMMIT=<sha> bash tools/gpu_elastic.sh "$OUT"
 # 1. wheels + this package; 2. the GPU tests of mixed-head attention (tests/kernels/test_gpu.py) and of the
 # export's elastic prefill (tests/hf/test_export_kernels.py); 3. tools/bench_elastic.py at the 1B shape with
