@@ -51,12 +51,12 @@ def resolve_backbone(source: str | Path, staging: Path) -> Path:
 
 def load_backbone(hf_dir: Path, cfg: ElasticConfig):
     """The backbone with a seeded new router per layer, frozen but for the routers (fp32), in train mode."""
+    from transformers.utils import logging as hf_logging
+
     from ssa_pretrain.hf.modeling_ssa import SSAForCausalLM
 
     device = torch.device(cfg.train.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = getattr(torch, cfg.train.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
-    from transformers.utils import logging as hf_logging
-
     torch.manual_seed(cfg.train.seed)  # the routers' initialization
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # its load report lists every router weight as missing: they are new
