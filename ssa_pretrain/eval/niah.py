@@ -73,7 +73,7 @@ ANSWER = " {value}"
 
 def filler_tokens(tokenizer: Any, count: int) -> torch.Tensor:
     """At least `count` tokens of prose (the bundled corpus' web documents), `[N]` (all of them if fewer)."""
-    from ssa_pretrain.data.shards import default_corpus
+    from ssa_pretrain.data.prepare import default_corpus
 
     ids: list[int] = []
     with lzma.open(default_corpus(), "rt", encoding="utf-8") as f:
