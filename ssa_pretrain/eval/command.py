@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from ssa_pretrain.eval.export import load_model
-from ssa_pretrain.eval.options import LoadOptions
+from ssa_pretrain.eval.options import CommandOptions, LoadOptions
 from ssa_pretrain.eval.output import OutputDir
 
 Measure = Callable[[torch.nn.Module, Any, Path, Any], dict]
@@ -27,7 +27,7 @@ def run_evaluation(
     name: str,
     hf_dir: str | Path,
     out: str | Path,
-    options: Any,
+    options: CommandOptions,
     overwrite: bool,
     load: LoadOptions,
     measure: Measure,

@@ -9,12 +9,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from ssa_pretrain.eval.errors import EvalError
 
 ROPE_TYPES = ("llama3", "linear", "dynamic", "yarn")
 """`--rope-scaling` choices (transformers' RoPE types)."""
+
+
+class CommandOptions(Protocol):
+    """A command's options, as the skeleton (`command.run_evaluation`) takes them."""
+
+    def check(self) -> None:
+        """`EvalError` for a value no model could make right (before the output directory and the model)."""
+
 
 DATA_HELP = "shard directory (its valid/ split) or .txt/.jsonl text to evaluate on"
 
