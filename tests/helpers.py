@@ -60,7 +60,8 @@ def build_tiny_dataset(out: Path, seq_len: int = 64, vocab_size: int = 512) -> P
     import json
     import lzma
 
-    from ssa_pretrain.data.shards import DEFAULT_CORPUS, write_shards
+    from ssa_pretrain.data.prepare import DEFAULT_CORPUS
+    from ssa_pretrain.data.shards import write_shards
     from ssa_pretrain.data.tokenizer import train_tokenizer
 
     with lzma.open(DEFAULT_CORPUS, "rt", encoding="utf-8") as f:

@@ -117,11 +117,11 @@ def test_plot_names_a_missing_output_folder(tmp_path):
 
 def test_training_without_data_says_how_to_build_it(tmp_path, monkeypatch, capsys):
     from ssa_pretrain import cli
-    from ssa_pretrain.data import shards
+    from ssa_pretrain.data import prepare
     from ssa_pretrain.train import parse_with_overrides
 
     default = tmp_path / "default"  # stands for data/build/default, not built yet
-    monkeypatch.setattr(shards, "DEFAULT_BUILD_DIR", default)
+    monkeypatch.setattr(prepare, "DEFAULT_BUILD_DIR", default)
     for data_dir, hint in [(default, "`ssa data prepare`"), (tmp_path / "mine", "`ssa data tokenizer`")]:
         argv = ["train", "configs/train/tiny-cpu.yaml", f"data.dir={data_dir}", "--run-dir", tmp_path / "r"]
         args = parse_with_overrides(cli.build_parser(), list(map(str, argv)))

@@ -46,7 +46,8 @@ from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 from ssa_pretrain.config import Config, load_config
-from ssa_pretrain.data.shards import DEFAULT_BUILD_DIR, default_corpus, prepare_default, write_shards
+from ssa_pretrain.data.prepare import DEFAULT_BUILD_DIR, default_corpus, prepare_default
+from ssa_pretrain.data.shards import write_shards
 from ssa_pretrain.distributed import init_distributed, read_env, shutdown
 from ssa_pretrain.model.modes import choose_mode
 from ssa_pretrain.trainer import Trainer

@@ -2,7 +2,8 @@
 
     documents.py   read .jsonl / .txt (+ .xz / .gz) documents
     tokenizer.py   train / load the SentencePiece BPE tokenizer
-    shards.py      tokenize, pack and write shards + manifests; prepare the bundled default corpus
+    shards.py      tokenize, pack and write shards + manifests
+    prepare.py     the bundled default corpus → tokenizer + shards (`ssa data prepare`)
     manifest.py    the manifest format and the integrity checks
     loader.py      resumable data-parallel training loader, validation iterator (imports torch)
     cli.py         `ssa data tokenizer | shards | prepare`
@@ -17,7 +18,7 @@ from ssa_pretrain.data.errors import DataError
 _LAZY = {
     "ShardLoader": "loader",
     "iter_validation": "loader",
-    "prepare_default": "shards",
+    "prepare_default": "prepare",
     "write_shards": "shards",
     "Tokenizer": "tokenizer",
     "train_tokenizer": "tokenizer",

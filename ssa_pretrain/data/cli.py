@@ -1,4 +1,4 @@
-"""`ssa data ...`: command-line front end of the data pipeline (the work happens in tokenizer.py / shards.py).
+"""`ssa data ...`: command-line front end of the data pipeline (the work: tokenizer, shards, prepare).
 
     ssa data prepare                        # bundled corpus → data/build/default/{tokenizer,train,valid}
     ssa data tokenizer corpus.jsonl.xz --out tok/ --vocab-size 32000
@@ -55,7 +55,7 @@ def _cmd_shards(args: argparse.Namespace) -> int:
 
 @exits_on_user_error
 def _cmd_prepare(args: argparse.Namespace) -> int:
-    from ssa_pretrain.data.shards import prepare_default
+    from ssa_pretrain.data.prepare import prepare_default
 
     result = prepare_default(args.out, vocab_size=args.vocab_size, seq_len=args.seq_len,
                              valid_fraction=args.valid_fraction, num_workers=args.workers, seed=args.seed,

@@ -15,7 +15,7 @@ class DataError(UserError, ValueError):
 def missing_data_hint(path: str | Path) -> str:
     """How to build a missing tokenizer or shard directory at `path`: the default dataset (the configs'
     `data.dir`) comes from `ssa data prepare`, any other from `ssa data tokenizer` and `ssa data shards`."""
-    from ssa_pretrain.data.shards import DEFAULT_BUILD_DIR  # here: shards imports this module
+    from ssa_pretrain.data.prepare import DEFAULT_BUILD_DIR  # here: prepare imports this module
 
     if Path(path).resolve().is_relative_to(DEFAULT_BUILD_DIR):
         return "build the default dataset (the bundled corpus) with `ssa data prepare`"

@@ -39,7 +39,8 @@ from pathlib import Path
 from typing import Any
 
 from ssa_pretrain.data.documents import iter_documents
-from ssa_pretrain.data.shards import default_corpus, split_of
+from ssa_pretrain.data.prepare import default_corpus
+from ssa_pretrain.data.shards import split_of
 
 TASKS: dict[str, str] = {
     "kv_retrieval": "sensitive",

@@ -13,46 +13,50 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
-from ssa_pretrain.eval.common import (
-    DEFAULT_LOAD,
-    EvalError,
-    LoadOptions,
-    OutputDir,
-    load_model,
-    markdown_table,
-    pyplot,
-)
+import torch
+
+from ssa_pretrain.eval.command import run_evaluation
+from ssa_pretrain.eval.errors import EvalError
+from ssa_pretrain.eval.options import DEFAULT_LOAD, ElasticOptions, LoadOptions
+from ssa_pretrain.eval.output import markdown_table, pyplot
 
 
 def evaluate_elastic(
     hf_dir: str | Path,
     out: str | Path,
-    seq_len: int | None = None,
-    examples_per_task: int | None = None,
-    corpus: str | None = None,
-    batch_size: int = 8,
+    options: ElasticOptions,
+    *,
     overwrite: bool = False,
     load: LoadOptions = DEFAULT_LOAD,
 ) -> dict:
     """Score, write elastic.json / elastic.md / elastic.png into `out`; returns the report."""
+    return run_evaluation(
+        "elastic", hf_dir, out, options, overwrite, load, measure_elastic, elastic_markdown, plot_head_modes
+    )
+
+
+def measure_elastic(model: torch.nn.Module, tokenizer: Any, hf_dir: Path, options: ElasticOptions) -> dict:
+    """The held-out task mix (as the router trained, or as `options` change it), full, sparse and elastic."""
     from ssa_pretrain.elastic.config import ElasticConfig
     from ssa_pretrain.elastic.evaluate import evaluate_router, task_mixes
 
-    output = OutputDir(out, overwrite)
-    model, tokenizer = load_model(hf_dir, load)
     if model.config.router is None:
         raise EvalError(f"{hf_dir}: has no router; train one with `ssa elastic train CONFIG model={hf_dir}`")
-    saved = Path(hf_dir) / "router_config.json"
+    saved = hf_dir / "router_config.json"
     trained = ElasticConfig.model_validate(json.loads(saved.read_text())) if saved.is_file() else None
     if trained is None:
         trained = ElasticConfig(model=str(hf_dir), out=str(hf_dir))
-    changes = {"seq_len": seq_len, "valid_examples_per_task": examples_per_task, "corpus": corpus}
+    changes = {
+        "seq_len": options.seq_len,
+        "valid_examples_per_task": options.examples_per_task,
+        "corpus": options.corpus,
+    }
     data = trained.data.model_copy(update={k: v for k, v in changes.items() if v is not None})
     _, valid = task_mixes(data, tokenizer, trained.train.seed, model.device, train_examples=1)
-    report = evaluate_router(model, valid, batch_size, trained.targets)
+    report = evaluate_router(model, valid, options.batch_size, trained.targets)
     report["data"] = data.model_dump(mode="json")
-    output.publish("elastic", report, elastic_markdown, plot_head_modes)
     return report
 
 

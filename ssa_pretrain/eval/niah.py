@@ -30,24 +30,17 @@ import json
 import logging
 import lzma
 import random
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from ssa_pretrain.eval.common import (
-    DEFAULT_LOAD,
-    EvalError,
-    LoadOptions,
-    OutputDir,
-    load_model,
-    markdown_table,
-    positive_ints,
-    pyplot,
-    set_mode,
-)
+from ssa_pretrain.eval.command import run_evaluation
+from ssa_pretrain.eval.errors import EvalError
+from ssa_pretrain.eval.export import set_mode
+from ssa_pretrain.eval.options import DEFAULT_LOAD, LoadOptions, NiahOptions, positive_ints
+from ssa_pretrain.eval.output import markdown_table, pyplot
 from ssa_pretrain.hf.modeling_ssa import CACHE_ARG  # the cache's name in the installed transformers
 
 log = logging.getLogger(__name__)
@@ -73,7 +66,7 @@ ANSWER = " {value}"
 
 def filler_tokens(tokenizer: Any, count: int) -> torch.Tensor:
     """At least `count` tokens of prose (the bundled corpus' web documents), `[N]` (all of them if fewer)."""
-    from ssa_pretrain.data.shards import default_corpus
+    from ssa_pretrain.data.prepare import default_corpus
 
     ids: list[int] = []
     with lzma.open(default_corpus(), "rt", encoding="utf-8") as f:
@@ -129,39 +122,24 @@ def score_trial(
 def evaluate_niah(
     hf_dir: str | Path,
     out: str | Path,
+    options: NiahOptions,
     *,
-    lengths: list[int] | None = None,
-    depths: list[float] | None = None,
-    trials: int = 4,
-    distractors: int = 9,
-    digits: int = 5,
-    block_count: int | None = None,
-    seed: int = 0,
     overwrite: bool = False,
     load: LoadOptions = DEFAULT_LOAD,
 ) -> dict:
-    """Measure, write `niah.json/md/png` into `out`, return the JSON dict. Bad input raises `EvalError`.
+    """Measure, write `niah.json/md/png` into `out`, return the JSON dict. Bad input raises `EvalError`."""
+    return run_evaluation(
+        "niah", hf_dir, out, options, overwrite, load, measure_niah, niah_markdown, plot_niah
+    )
 
-    Args:
-        lengths: context lengths (default: the training length); depths: needle depths in [0, 1].
-        block_count: the sparse budget (default: the export's).
-        load: how the export is loaded (`LoadOptions`).
-    """
-    output = OutputDir(out, overwrite)
-    depths = sorted(set(depths if depths is not None else [0.0, 0.25, 0.5, 0.75, 1.0]))
-    if not depths or any(not 0.0 <= d <= 1.0 for d in depths):
-        raise EvalError(f"--depths must lie in [0, 1], got {depths}")
-    if trials < 1 or not 1 <= digits <= 12 or not 1 <= distractors < 9 * 10 ** (digits - 1):
-        raise EvalError(
-            f"--trials must be >= 1, --digits in [1, 12] and --distractors in [1, {9 * 10 ** (digits - 1)}) "
-            f"(fewer than the {digits}-digit numbers); got {trials}, {digits}, {distractors}"
-        )
-    if block_count is not None and block_count < 1:
-        raise EvalError(f"--block-count must be >= 1, got {block_count}")
-    model, tokenizer = load_model(hf_dir, load)
+
+def measure_niah(model: torch.nn.Module, tokenizer: Any, hf_dir: Path, options: NiahOptions) -> dict:
+    """The same trials in every (length, depth) cell, full and sparse (see the module docstring)."""
     cfg = model.config
-    lengths = positive_ints(lengths or [cfg.max_position_embeddings], "--lengths")
-    block_count = block_count or cfg.block_count
+    lengths = positive_ints(options.lengths or [cfg.max_position_embeddings], "--lengths")
+    depths = sorted(set(options.depths))
+    block_count = options.block_count or cfg.block_count
+    trials, distractors, digits = options.trials, options.distractors, options.digits
 
     def encode(text: str) -> list[int]:
         return tokenizer(text, add_special_tokens=False).input_ids
@@ -181,14 +159,13 @@ def evaluate_niah(
             f"the bundled corpus holds {pool.numel()} filler tokens, fewer than --lengths {max(lengths)}"
         )
     # the same trials (key, values, filler offset) in every cell and mode; values[0] is the right one
-    rng = random.Random(seed)
+    rng = random.Random(options.seed)
     plan = []
     for _ in range(trials):
         key = rng.choice(KEYS)
         values = rng.sample(range(10 ** (digits - 1), 10**digits), distractors + 1)
         plan.append((key, [str(v) for v in values], rng.random()))
     cells = []
-    start = time.time()
     for length in lengths:
         for depth in depths:
             for mode in ("full", "sparse"):
@@ -220,8 +197,7 @@ def evaluate_niah(
             log.info(
                 "length %d, %s: accuracy %.3f (mean over depths)", length, mode, sum(accuracy) / len(depths)
             )
-    report = {
-        "model": str(hf_dir),
+    return {
         "training_length": cfg.max_position_embeddings,
         "rope_parameters": cfg.rope_parameters,
         "block_size": cfg.block_size,
@@ -230,16 +206,11 @@ def evaluate_niah(
         "distractors": distractors,
         "chance_accuracy": 1 / (distractors + 1),
         "digits": digits,
-        "seed": seed,
+        "seed": options.seed,
         "lengths": lengths,
         "depths": depths,
-        "dtype": load.dtype,
-        "device": str(model.device),
-        "seconds": round(time.time() - start, 2),
         "cells": cells,
     }
-    output.publish("niah", report, niah_markdown, plot_niah)
-    return report
 
 
 def _grid(report: dict, mode: str, metric: str) -> list[list[float]]:

@@ -15,26 +15,18 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from ssa_pretrain.eval.common import (
-    DEFAULT_LOAD,
-    EvalError,
-    LoadOptions,
-    OutputDir,
-    check_data_path,
-    load_model,
-    load_tokens,
-    markdown_table,
-    positive_ints,
-    pyplot,
-    set_mode,
-    token_windows,
-)
+from ssa_pretrain.eval.command import run_evaluation
+from ssa_pretrain.eval.errors import EvalError
+from ssa_pretrain.eval.export import set_mode
+from ssa_pretrain.eval.options import DEFAULT_LOAD, LoadOptions, PplOptions, positive_ints
+from ssa_pretrain.eval.output import markdown_table, pyplot
+from ssa_pretrain.eval.tokens import load_tokens, token_windows
 
 log = logging.getLogger(__name__)
 
@@ -60,47 +52,35 @@ def summed_nll(model: torch.nn.Module, windows: torch.Tensor, batch_size: int) -
 
 def evaluate_ppl(
     hf_dir: str | Path,
-    data: str | Path,
     out: str | Path,
+    options: PplOptions,
     *,
-    lengths: list[int] | None = None,
-    block_counts: list[int] | None = None,
-    windows: int = 16,
-    batch_size: int = 4,
     overwrite: bool = False,
     load: LoadOptions = DEFAULT_LOAD,
 ) -> dict:
-    """Measure, write `ppl.json/md/png` into `out`, return the JSON dict. Bad input raises `EvalError`.
+    """Measure, write `ppl.json/md/png` into `out`, return the JSON dict. Bad input raises `EvalError`."""
+    return run_evaluation("ppl", hf_dir, out, options, overwrite, load, measure_ppl, ppl_markdown, plot_ppl)
 
-    Args:
-        lengths: context lengths (default: the training length).
-        block_counts: sparse budgets besides the export's own.
-        windows: windows of the longest length; shorter lengths score the same tokens in more windows.
-        load: how the export is loaded (`LoadOptions`).
-    """
-    output = OutputDir(out, overwrite)
-    check_data_path(data)
-    if windows < 1 or batch_size < 1:
-        raise EvalError(f"--windows and --batch-size must be >= 1, got {windows} and {batch_size}")
-    model, tokenizer = load_model(hf_dir, load)
+
+def measure_ppl(model: torch.nn.Module, tokenizer: Any, hf_dir: Path, options: PplOptions) -> dict:
+    """Every length, full and sparse at every budget, on the same tokens (see the module docstring)."""
     cfg = model.config
-    lengths = positive_ints(lengths or [cfg.max_position_embeddings], "--lengths")
+    lengths = positive_ints(options.lengths or [cfg.max_position_embeddings], "--lengths")
     default_count = cfg.block_count
-    budgets = sorted({default_count, *positive_ints(block_counts or [default_count], "--block-counts")})
-    stream, source = load_tokens(data, hf_dir, tokenizer, windows * max(lengths) + 1)
+    budgets = sorted({default_count, *(options.block_counts or [])})
+    stream, source = load_tokens(options.data, hf_dir, tokenizer, options.windows * max(lengths) + 1)
     if stream.numel() < max(lengths) + 1:
         raise EvalError(
-            f"{data}: holds {stream.numel()} tokens, fewer than one window of {max(lengths)} + 1; "
+            f"{options.data}: holds {stream.numel()} tokens, fewer than one window of {max(lengths)} + 1; "
             "use shorter --lengths or more data"
         )
     num_tokens = (stream.numel() - 1) // max(lengths) * max(lengths)
     results = []
-    start = time.time()
     for length in lengths:
         cut = token_windows(stream, length, num_tokens)
         for mode, count in [("full", None)] + [("sparse", k) for k in budgets]:
             set_mode(model, mode, count)
-            nll = summed_nll(model, cut, batch_size) / (cut.shape[0] * length)
+            nll = summed_nll(model, cut, options.batch_size) / (cut.shape[0] * length)
             log.info("length %d, %s%s: ppl %.4g", length, mode, f" K={count}" if count else "", math.exp(nll))
             results.append(
                 {
@@ -113,20 +93,14 @@ def evaluate_ppl(
                     "ppl": math.exp(nll),
                 }
             )
-    report = {
-        "model": str(hf_dir),
+    return {
         "data": source,
         "block_size": cfg.block_size,
         "default_block_count": default_count,
         "training_length": cfg.max_position_embeddings,
         "rope_parameters": cfg.rope_parameters,
-        "dtype": load.dtype,
-        "device": str(model.device),
-        "seconds": round(time.time() - start, 2),
         "results": results,
     }
-    output.publish("ppl", report, ppl_markdown, plot_ppl)
-    return report
 
 
 def ppl_markdown(report: dict) -> str:

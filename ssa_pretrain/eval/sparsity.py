@@ -2,14 +2,15 @@
 
 On windows of `--length` tokens (default: the training length) from the evaluation data:
 
-* **dropped mass** (per layer and query head): the model runs in *full* mode; in every layer the export's own
-  `block_means` and `select_blocks` pick the blocks sparse attention would use for each query (budget
+* **dropped mass** (per layer and query head): the model runs in *full* mode; in every layer (seen through the
+  export's layer probes) the export's own `block_means` and `select_blocks` pick the blocks sparse attention
+  would use for each query (budget
   `--block-count`, default the export's), and the dropped mass is the full-attention probability on the
   keys outside them, `Σ_{s not selected} softmax(q·k/√d)[t, s]`, in [0, 1]. It is exactly 0 where a query
   has at most `K` blocks to choose from, so it is reported over all positions and over the positions where
   the budget binds (own block index `>= K`), and per query block.
 * **KL(full ‖ sparse)** of the next-token distributions, in nats per token: all layers sparse (the model in
-  sparse mode), and per layer with only that layer sparse (the others full).
+  sparse mode), and per layer with only that layer sparse (the export's `sparse_layers`; the others full).
 
 Files: `sparsity.json`, `sparsity.md`, `sparsity.png` (per layer: dropped mass, KL; dropped mass by query
 block).
@@ -18,35 +19,25 @@ block).
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from ssa_pretrain.eval.common import (
-    DEFAULT_LOAD,
-    EvalError,
-    LoadOptions,
-    OutputDir,
-    attention_calls,
-    check_data_path,
-    load_model,
-    load_tokens,
-    markdown_table,
-    modeling_module,
-    pyplot,
-    set_mode,
-    token_windows,
-)
+from ssa_pretrain.eval.command import run_evaluation
+from ssa_pretrain.eval.errors import EvalError
+from ssa_pretrain.eval.export import modeling_module, probing, set_mode
+from ssa_pretrain.eval.options import DEFAULT_LOAD, LoadOptions, SparsityOptions
+from ssa_pretrain.eval.output import markdown_table, pyplot
 from ssa_pretrain.eval.ppl import LOGIT_CHUNK
+from ssa_pretrain.eval.tokens import load_tokens, token_windows
 
 
 class DroppedMass:
     """Per layer, query block and query head: the full-attention mass outside the blocks sparse mode selects.
 
-    Use as an `attention_calls` hook with the model in full mode, on unpadded windows of `length` tokens.
+    Use as the probe of `probing` with the model in full mode, on unpadded windows of `length` tokens.
     """
 
     def __init__(self, model: torch.nn.Module, length: int, block_count: int) -> None:
@@ -60,7 +51,7 @@ class DroppedMass:
         self.queries = torch.zeros(num_blocks, dtype=torch.float64)  # queries seen per query block
 
     @torch.no_grad()
-    def __call__(self, layer: int, q, k, v, q_pos, k_pos, kbar) -> None:
+    def __call__(self, layer: int, q, k, v, q_pos, k_pos) -> None:
         """q `[B, T, HQ, D]`, k `[B, T, HKV, D]` (post-RoPE), q_pos = k_pos `[B, T]` = `0 … T−1`."""
         bs, m = self.block_size, self.module
         batch, num_keys, num_kv_heads = k.shape[:3]
@@ -123,62 +114,49 @@ def summed_kl(model: torch.nn.Module, full: torch.Tensor, sparse: torch.Tensor) 
 
 def evaluate_sparsity(
     hf_dir: str | Path,
-    data: str | Path,
     out: str | Path,
+    options: SparsityOptions,
     *,
-    length: int | None = None,
-    block_count: int | None = None,
-    windows: int = 4,
-    batch_size: int = 2,
     overwrite: bool = False,
     load: LoadOptions = DEFAULT_LOAD,
 ) -> dict:
-    """Measure, write `sparsity.json/md/png` into `out`, return the JSON dict; bad input: `EvalError`.
+    """Measure, write `sparsity.json/md/png` into `out`, return the JSON dict; bad input: `EvalError`."""
+    return run_evaluation(
+        "sparsity", hf_dir, out, options, overwrite, load, measure_sparsity, sparsity_markdown, plot_sparsity
+    )
 
-    Args:
-        length: window length (default: the training length); block_count: the budget (default: the
-            export's); load: how the export is loaded (`LoadOptions`).
-    """
-    output = OutputDir(out, overwrite)
-    check_data_path(data)
-    for flag, value in [("--length", length), ("--block-count", block_count)]:
-        if value is not None and value < 1:
-            raise EvalError(f"{flag} must be >= 1, got {value}")
-    if windows < 1 or batch_size < 1:
-        raise EvalError(f"--windows and --batch-size must be >= 1, got {windows} and {batch_size}")
-    model, tokenizer = load_model(hf_dir, load)
+
+def measure_sparsity(model: torch.nn.Module, tokenizer: Any, hf_dir: Path, options: SparsityOptions) -> dict:
+    """Dropped mass per layer (full mode, probed) and KL(full ‖ sparse): all layers, then each layer alone."""
     cfg = model.config
-    length = length or cfg.max_position_embeddings
-    block_count = block_count or cfg.block_count
-    stream, source = load_tokens(data, hf_dir, tokenizer, windows * length + 1)
+    length = options.length or cfg.max_position_embeddings
+    block_count = options.block_count or cfg.block_count
+    stream, source = load_tokens(options.data, hf_dir, tokenizer, options.windows * length + 1)
     if stream.numel() < length + 1:
         raise EvalError(
-            f"{data}: holds {stream.numel()} tokens, fewer than one window of {length} + 1; "
+            f"{options.data}: holds {stream.numel()} tokens, fewer than one window of {length} + 1; "
             "use a shorter --length or more data"
         )
-    inputs = token_windows(stream, length, windows * length)[:, :-1]  # [N, L]
+    inputs = token_windows(stream, length, options.windows * length)[:, :-1]  # [N, L]
     num_layers = cfg.num_hidden_layers
     dropped = DroppedMass(model, length, block_count)
     kl_all = 0.0
     kl_layer = [0.0] * num_layers
-    start = time.time()
-    for b in range(0, inputs.shape[0], batch_size):
-        batch = inputs[b : b + batch_size].to(model.device)
+    for b in range(0, inputs.shape[0], options.batch_size):
+        batch = inputs[b : b + options.batch_size].to(model.device)
         set_mode(model, "full")
-        with attention_calls(model, dropped):
+        with probing(model, dropped):
             full = final_hidden(model, batch)
         set_mode(model, "sparse", block_count)
         kl_all += summed_kl(model, full, final_hidden(model, batch))
-        set_mode(model, "full")  # block_count stays: the layer the hook makes sparse uses it
         for layer in range(num_layers):
-            with attention_calls(model, sparse_layer_hook(model, layer)):
-                kl_layer[layer] += summed_kl(model, full, final_hidden(model, batch))
+            set_mode(model, "sparse", block_count, sparse_layers=[layer])
+            kl_layer[layer] += summed_kl(model, full, final_hidden(model, batch))
     positions = inputs.numel()
     layers = dropped.summary()
     for entry in layers:
         entry["kl_only_this_layer_sparse"] = kl_layer[entry["layer"]] / positions
-    report = {
-        "model": str(hf_dir),
+    return {
         "data": source,
         "length": length,
         "windows": inputs.shape[0],
@@ -188,27 +166,8 @@ def evaluate_sparsity(
         "rope_parameters": cfg.rope_parameters,
         "kl_all_layers_sparse": kl_all / positions,
         "positions": positions,
-        "dtype": load.dtype,
-        "device": str(model.device),
-        "seconds": round(time.time() - start, 2),
         "layers": layers,
     }
-    output.publish("sparsity", report, sparsity_markdown, plot_sparsity)
-    return report
-
-
-def sparse_layer_hook(model: torch.nn.Module, layer: int) -> Callable[..., torch.Tensor | None]:
-    """An `attention_calls` hook that makes only `layer` sparse (block means by the export's code)."""
-    block_means = modeling_module(model).block_means
-    block_size = model.config.block_size
-
-    def hook(index: int, q, k, v, q_pos, k_pos, kbar) -> torch.Tensor | None:
-        if index != layer:
-            return None
-        offsets = torch.zeros(k.shape[0], dtype=torch.long, device=k.device)  # windows are not padded
-        return block_means(k, offsets, 0, k.shape[1] // block_size, block_size)
-
-    return hook
 
 
 def sparsity_markdown(report: dict) -> str:

@@ -4,7 +4,7 @@ Copied into every export next to `modeling_ssa.py` and loaded with `trust_remote
 nothing but transformers. The decoder is Llama's (RMSNorm, SwiGLU, rotate-half RoPE, GQA, no biases,
 tied embeddings); SSA adds the sparse attention budget and a per-head sigmoid output gate.
 
-`inference_mode`, `block_size` and `block_count` may be changed at load time
+`inference_mode`, `block_size`, `block_count` and `sparse_layers` may be changed at load time
 (`from_pretrained(dir, trust_remote_code=True, inference_mode="sparse", block_count=8)`) or later through
 `model.config`: every forward reads them. Every assignment is checked (transformers sets load-time overrides
 after `__init__`), so a bad value fails there with the field named, not at the first forward.
@@ -55,6 +55,7 @@ class SSAConfig(PretrainedConfig):
         block_count: int = 16,
         attention_chunk_size: int = 256,
         router: dict | None = None,
+        sparse_layers: list[int] | None = None,
         bos_token_id: int | None = 1,
         eos_token_id: int | None = 2,
         pad_token_id: int | None = 3,
@@ -62,7 +63,8 @@ class SSAConfig(PretrainedConfig):
     ):
         """Defaults are the released 1B SSA model's; `attention_chunk_size` bounds the query positions
         scored at once (peak memory `[batch, chunk, heads, keys]` fp32); `router`: `{"pool_tokens": P,
-        "hidden_multiple": M}` of the elastic router (None: no router)."""
+        "hidden_multiple": M}` of the elastic router (None: no router); `sparse_layers`: the layers that run
+        sparse in `sparse` mode, the others full (None: every layer)."""
         self.vocab_size = vocab_size
         self.hidden_size = hidden_size
         self.intermediate_size = intermediate_size
@@ -85,6 +87,7 @@ class SSAConfig(PretrainedConfig):
         self.block_count = block_count
         self.attention_chunk_size = attention_chunk_size
         self.router = router
+        self.sparse_layers = sparse_layers
         super().__init__(
             bos_token_id=bos_token_id,
             eos_token_id=eos_token_id,
@@ -116,11 +119,30 @@ class SSAConfig(PretrainedConfig):
             raise ValueError(
                 f"router must be None or a dict of positive ints {sorted(ROUTER_FIELDS)}, got {value!r}"
             )
+        if name == "sparse_layers" and value is not None:
+            layers = getattr(self, "num_hidden_layers", None)
+            if not (
+                isinstance(value, list | tuple)
+                and all(_layer_index(i, layers) for i in value)
+                and len(set(value)) == len(value)
+            ):
+                raise ValueError(
+                    f"sparse_layers must be None or a list of distinct layer indices in [0, {layers}), "
+                    f"got {value!r}"
+                )
+            value = list(value)
         super().__setattr__(name, value)
 
 
 def _positive_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _layer_index(value, num_layers: int | None) -> bool:
+    """An int in [0, num_layers) (any int >= 0 while the number of layers is not set)."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        return False
+    return num_layers is None or value < num_layers
 
 
 __all__ = ["SSAConfig"]

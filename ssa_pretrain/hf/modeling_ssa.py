@@ -1,7 +1,7 @@
 """SSA (Sparse Sparse Attention) causal LM for Hugging Face transformers, full or sparse at inference.
 
 Copied into every export by `ssa convert` and loaded with `trust_remote_code=True`; it needs nothing but
-torch and transformers (and uses `ssa_kernels`' fused ops for a plain prefill on CUDA when that is
+torch and transformers (and uses `ssa_kernels`' fused ops for an unpadded prefill on CUDA when that is
 installed). Everything that is Llama's comes from transformers (RMSNorm, SwiGLU MLP, RoPE,
 `PreTrainedModel`, `GenerationMixin`, `DynamicCache`); only the SSA attention is written here.
 
@@ -16,6 +16,9 @@ The attention, exactly (shapes `q [B, T, HQ, D]`, `k, v [B, S, HKV, D]`, `G = HQ
 
 * `elastic` (Elastic Attention): a router per layer picks, from the prompt, for every key/value head of every
   row whether it runs `full` or `sparse` (`HeadRouter`); decoding keeps the prompt's choice (in `SSACache`).
+
+`config.sparse_layers` (None: all) names the layers that run sparse in `sparse` mode, the others full (what
+one layer's sparsity costs); `SSAAttention.probe` shows an evaluation each layer's post-RoPE queries and keys.
 
 Why it is written here and not imported from `ssa_kernels`: the exported model must run without our
 package, and the reference ops assume a row's positions are its tensor indices `0 … T−1` with no cache. Here
@@ -34,6 +37,7 @@ mask no row is padded), and it must mark one contiguous run of tokens per row. T
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
@@ -84,10 +88,10 @@ def with_cache(output_class: type, cache: Cache | None, **fields):
 # ----------------------------------------------------------------------------------------- SSA attention
 
 
-def kernels_apply(q: torch.Tensor, plain: bool) -> bool:
-    """Whether `ssa_attention` runs `ssa_kernels`' fused ops: installed, a plain prefill (`plain`: every key
-    is a query of this call, positions `0 … T − 1`, no padding) and tensors the Triton kernels take (CUDA)."""
-    return plain and ssa_kernels is not None and use_triton("sparse_attention", q)
+def use_fused_kernels(q: torch.Tensor, unpadded_prefill: bool) -> bool:
+    """Whether `ssa_attention` runs `ssa_kernels`' fused ops: installed, an unpadded prefill (every key is a
+    query of this call, positions `0 … T − 1` in every row) and tensors the Triton kernels take (CUDA)."""
+    return unpadded_prefill and ssa_kernels is not None and use_triton("sparse_attention", q)
 
 
 def padding_offsets(attention_mask: torch.Tensor | None, batch: int, num_keys: int, device) -> torch.Tensor:
@@ -198,12 +202,12 @@ def ssa_attention(
     block_size: int,
     block_count: int,
     chunk_size: int,
-    plain: bool = False,
+    unpadded_prefill: bool = False,
 ) -> torch.Tensor:
     """Causal full (`kbar` None) or sparse attention of queries to keys by position, math in fp32.
 
-    A plain prefill on CUDA with `ssa_kernels` installed runs its fused ops instead (`kernels_apply`: Triton
-    selection and sparse attention, cuDNN full attention; they compute in the input dtype with fp32
+    An unpadded prefill on CUDA with `ssa_kernels` installed runs its fused ops instead (`use_fused_kernels`:
+    Triton selection and sparse attention, cuDNN full attention; they compute in the input dtype with fp32
     accumulation, and select from the means of `k`, which are `kbar` there). Decoding steps, padded batches
     and installs without the package use the code below.
 
@@ -212,12 +216,12 @@ def ssa_attention(
         k, v: `[B, S, HKV, D]` at positions `k_pos [B, S]` (negative: left padding, never attended).
         kbar: `[B, NB, HKV, D]` block means for sparse mode (see `block_means`), None for full attention.
         chunk_size: queries scored at once (peak memory `[B, chunk, HQ, S]` fp32).
-        plain: `S == T`, positions `0 … T − 1` in every row.
+        unpadded_prefill: `S == T`, positions `0 … T − 1` in every row.
 
     Returns:
         o: `[B, T, HQ, D]` in `q.dtype`.
     """
-    if kernels_apply(q, plain):
+    if use_fused_kernels(q, unpadded_prefill):
         if kbar is None:
             return ssa_kernels.full_attention(q, k, v)[0]
         indices = ssa_kernels.select_blocks(q, k, block_size, block_count)
@@ -250,27 +254,28 @@ def elastic_attention(
     block_size: int,
     block_count: int,
     chunk_size: int,
-    plain: bool = False,
+    unpadded_prefill: bool = False,
 ) -> torch.Tensor:
     """`ssa_attention` with a mode per row and key/value head (the query heads of its group follow it).
 
     Args:
         sparse_heads: `[B, HKV]`, True / 1 = sparse. Bool (the router's decision): each head's output is
-            exactly that of its mode; a plain prefill on CUDA runs `ssa_kernels.mixed_attention` (each mode
-            only on its heads). Float 0/1 with the router's straight-through gradient (router training):
+            exactly that of its mode; an unpadded prefill on CUDA runs `ssa_kernels.mixed_attention` (each
+            mode only on its heads). Float 0/1 with the router's straight-through gradient (router training):
             `full + m · (sparse − full)` from both modes on every head, so the router learns what its choice
             changes.
         Others as `ssa_attention` (`kbar` always given).
     """
+    blocks = (block_size, block_count, chunk_size, unpadded_prefill)
     if sparse_heads.dtype == torch.bool:
         if not sparse_heads.any():
-            return ssa_attention(q, k, v, q_pos, k_pos, None, block_size, block_count, chunk_size, plain)
+            return ssa_attention(q, k, v, q_pos, k_pos, None, *blocks)
         if sparse_heads.all():
-            return ssa_attention(q, k, v, q_pos, k_pos, kbar, block_size, block_count, chunk_size, plain)
-        if kernels_apply(q, plain):
+            return ssa_attention(q, k, v, q_pos, k_pos, kbar, *blocks)
+        if use_fused_kernels(q, unpadded_prefill):
             return ssa_kernels.mixed_attention(q, k, v, sparse_heads, block_size, block_count)
-    full = ssa_attention(q, k, v, q_pos, k_pos, None, block_size, block_count, chunk_size, plain)
-    part = ssa_attention(q, k, v, q_pos, k_pos, kbar, block_size, block_count, chunk_size, plain)
+    full = ssa_attention(q, k, v, q_pos, k_pos, None, *blocks)
+    part = ssa_attention(q, k, v, q_pos, k_pos, kbar, *blocks)
     full, part = (o.unflatten(2, (sparse_heads.shape[1], -1)) for o in (full, part))  # [B, T, HKV, G, D]
     m = sparse_heads[:, None, :, None, None]  # [B, 1, HKV, 1, 1]
     out = torch.where(m, part, full) if m.dtype == torch.bool else full + m.to(full.dtype) * (part - full)
@@ -383,8 +388,17 @@ class SSACache(DynamicCache):
 # ----------------------------------------------------------------------------------------- the model
 
 
+Probe = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], None]
+"""`SSAAttention.probe`: called as `probe(q, k, v, q_pos, k_pos)` with what the layer attends with."""
+
+
 class SSAAttention(nn.Module):
-    """GQA self-attention with RoPE, SSA full/sparse attention and the per-head sigmoid output gate."""
+    """GQA self-attention with RoPE, SSA full/sparse attention and the per-head sigmoid output gate.
+
+    `probe` (None, or a `Probe` that an evaluation sets) is called in every forward with the post-RoPE queries
+    `q [B, T, HQ, D]`, the keys and values attended to `k, v [B, S, HKV, D]` (the cache's included) and their
+    positions `q_pos [B, T]`, `k_pos [B, S]`, before the attention runs; it observes and changes nothing.
+    """
 
     def __init__(self, config: SSAConfig, layer_idx: int):
         super().__init__()
@@ -404,6 +418,16 @@ class SSAAttention(nn.Module):
             if config.router is not None
             else None
         )
+        self.probe: Probe | None = None
+
+    @property
+    def mode(self) -> str:
+        """The attention this layer runs: the config's `inference_mode`, except `full` in sparse mode for a
+        layer that `sparse_layers` does not list."""
+        cfg = self.config
+        if cfg.inference_mode == "sparse" and cfg.sparse_layers is not None:
+            return "sparse" if self.layer_idx in cfg.sparse_layers else "full"
+        return cfg.inference_mode
 
     def forward(
         self,
@@ -414,18 +438,18 @@ class SSAAttention(nn.Module):
         k_pos: torch.Tensor,
         offsets: torch.Tensor,
         cache: Cache | None,
-        plain: bool,
+        unpadded_prefill: bool,
         head_modes: list[torch.Tensor | None],
     ) -> torch.Tensor:
         """x `[B, T, hidden]` (normed), RoPE `cos/sin [B, T, D]`, positions `q_pos [B, T]`, `k_pos [B, S]`;
-        `plain`: a prefill without padding (see `ssa_attention`); `head_modes`: per layer, elastic mode's
+        `unpadded_prefill`: see `ssa_attention`; `head_modes`: per layer, elastic mode's
         `[B, HKV]` sparse heads, None where this layer's router is to decide (it fills the entry in)."""
         batch, length, _ = x.shape
         q = self.q_proj(x).view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)  # [B, HQ, T, D]
         k = self.k_proj(x).view(batch, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(batch, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        cfg = self.config
-        if cfg.inference_mode == "elastic" and head_modes[self.layer_idx] is None:
+        cfg, mode = self.config, self.mode
+        if mode == "elastic" and head_modes[self.layer_idx] is None:
             head_modes[self.layer_idx] = self.router.decide(self.router(k.transpose(1, 2), q_pos))
         q, k = apply_rotary_pos_emb(q, k, cos, sin)
         if cache is not None:
@@ -437,15 +461,17 @@ class SSAAttention(nn.Module):
                     "(SSACache or DynamicCache), not a fixed-size one"
                 )
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, T or S, heads, D]
+        if self.probe is not None:
+            self.probe(q, k, v, q_pos, k_pos)
         kbar = None
-        if cfg.inference_mode != "full":
+        if mode != "full":
             if isinstance(cache, SSACache):
                 kbar = cache.means(self.layer_idx, k, offsets, length, cfg.block_size)
             else:
                 last = int((k.shape[1] - offsets.min()) // cfg.block_size)
                 kbar = block_means(k, offsets, 0, last, cfg.block_size)
-        blocks = (cfg.block_size, cfg.block_count, cfg.attention_chunk_size, plain)
-        if cfg.inference_mode == "elastic":
+        blocks = (cfg.block_size, cfg.block_count, cfg.attention_chunk_size, unpadded_prefill)
+        if mode == "elastic":
             out = elastic_attention(q, k, v, q_pos, k_pos, kbar, head_modes[self.layer_idx], *blocks)
         else:
             out = ssa_attention(q, k, v, q_pos, k_pos, kbar, *blocks)  # [B, T, HQ, D]
@@ -529,11 +555,11 @@ class SSAModel(SSAPreTrainedModel):
         offsets = padding_offsets(attention_mask, batch, past + length, x.device)
         k_pos = torch.arange(past + length, device=x.device)[None] - offsets[:, None]  # [B, S]
         q_pos = k_pos[:, past:]  # [B, T]
-        plain = past == 0 and not bool(offsets.any())  # a prefill without padding: once, not per layer
+        unpadded_prefill = past == 0 and not bool(offsets.any())  # once per forward, not per layer
         modes = self.elastic_modes(head_modes, cache, past, batch)
         cos, sin = self.rotary_emb(x, q_pos.clamp(min=0))
         for layer in self.layers:
-            x = layer(x, cos, sin, q_pos, k_pos, offsets, cache, plain, modes)
+            x = layer(x, cos, sin, q_pos, k_pos, offsets, cache, unpadded_prefill, modes)
         x = self.norm(x)
         if self.config.inference_mode == "elastic":
             self.last_head_modes = modes

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from ssa_pretrain.data.manifest import load_manifest
-from ssa_pretrain.data.shards import DEFAULT_CORPUS, write_shards
+from ssa_pretrain.data.prepare import DEFAULT_CORPUS
+from ssa_pretrain.data.shards import write_shards
 from ssa_pretrain.data.tokenizer import Tokenizer, train_tokenizer
 
 SEQ_LEN = 32

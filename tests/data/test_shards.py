@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from ssa_pretrain.data import DataError, Tokenizer, prepare_default, write_shards
+from ssa_pretrain.data import prepare as prepare_module
 from ssa_pretrain.data import shards as shards_module
 from ssa_pretrain.data.manifest import load_manifest, sha256_file, verify_shards
 from ssa_pretrain.data.shards import split_of
@@ -146,7 +147,7 @@ def test_too_little_text_for_a_sample(corpus, tokenizer_dir, tmp_path):
 
 
 def test_prepare_default_skips_up_to_date_work(corpus, tmp_path, monkeypatch):
-    monkeypatch.setattr(shards_module, "DEFAULT_CORPUS", corpus)
+    monkeypatch.setattr(prepare_module, "DEFAULT_CORPUS", corpus)
     kwargs = dict(vocab_size=400, seq_len=SEQ_LEN, valid_fraction=0.1, num_workers=1, progress=False)
     first = prepare_default(tmp_path / "build", **kwargs)
     assert first["tokenizer_trained"] and first["shards_written"]
@@ -160,6 +161,6 @@ def test_prepare_default_skips_up_to_date_work(corpus, tmp_path, monkeypatch):
 
 
 def test_prepare_default_without_corpus(tmp_path, monkeypatch):
-    monkeypatch.setattr(shards_module, "DEFAULT_CORPUS", tmp_path / "missing.jsonl.xz")
+    monkeypatch.setattr(prepare_module, "DEFAULT_CORPUS", tmp_path / "missing.jsonl.xz")
     with pytest.raises(DataError, match="bundled corpus not found"):
         prepare_default(tmp_path / "build", progress=False)

@@ -36,7 +36,7 @@ def slurm_unavailable() -> str | None:
 @pytest.fixture(scope="session")
 def slurm_data(tmp_path_factory) -> Path:
     """Tokenizer (vocabulary 512) + 64-token shards from the bundled corpus, once per session."""
-    from ssa_pretrain.data.shards import prepare_default
+    from ssa_pretrain.data.prepare import prepare_default
 
     out = tmp_path_factory.mktemp("slurm-data")
     prepare_default(out, vocab_size=512, seq_len=64, progress=False)
