@@ -163,10 +163,17 @@ def test_readme_numbers_are_rendered_from_the_saved_numbers(readme_numbers):
     regions = readme_numbers.render(numbers)
     assert regions == readme_numbers.render(json.loads(json.dumps(numbers)))  # a pure function of the JSON
     assert readme_numbers.rewrite(readme, regions) == readme, "run tools/readme_numbers.py --render"
+    results = readme_numbers.RESULTS.read_text()
+    rendered = readme_numbers.doc_regions.rewrite(
+        results, "readme-numbers", readme_numbers.render_results(numbers)
+    )
+    assert rendered == results, "run tools/readme_numbers.py --render"
     assert f"{numbers['parameters']:,} parameters" in readme
 
 
 def test_readme_names_every_demo_command(readme_numbers):
     plan = readme_numbers.demo_plan(readme_numbers.readme_commands(readme_numbers.README.read_text()))
     assert plan["train"][:2] == ["train", "configs/train/tiny-cpu.yaml"]
-    assert sorted(plan["eval"]) == ["niah", "ppl", "sparsity"]
+    assert sorted(plan["eval"]) == ["elastic", "niah", "ppl", "sparsity"]
+    assert plan["elastic"][:3] == ["elastic", "train", "configs/elastic/tiny.yaml"]
+    assert plan["elastic_dir"] == readme_numbers.REPO / "hf/demo-elastic"

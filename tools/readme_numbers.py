@@ -7,12 +7,13 @@
 It runs the demo exactly as the README writes it, from the repository root: every `ssa ...` command of the
 README's bash blocks that builds the default data or reads / writes the demo (`runs/demo`, `hf/demo`,
 `eval/demo-*`), in the README's order: `ssa data prepare` (with `--force`, so its time is a real build),
-`ssa train configs/train/tiny-cpu.yaml --run-dir runs/demo`, `ssa convert`, the three `ssa eval` commands;
-then `ssa params` for the exact parameter count and `ssa plot` for the loss curves. The numbers (and each
-command's wall time) go to `docs/readme-numbers.json`; the README's text between
-`<!-- readme-numbers:NAME -->` and `<!-- /readme-numbers:NAME -->` is rendered from that file alone
-(`render`), and the plots are copied to `docs/img/`. tests/test_cli_ux.py checks that the README's regions
-are what `render` makes of the committed JSON, so the two cannot drift apart.
+`ssa train configs/train/tiny-cpu.yaml --run-dir runs/demo`, `ssa convert`, the three `ssa eval` commands,
+`ssa elastic train` and `ssa eval elastic`; then `ssa params` for the exact parameter count and `ssa plot`
+for the loss curves. The numbers (and each command's wall time) go to `docs/readme-numbers.json`; the text
+between `<!-- readme-numbers:NAME -->` and `<!-- /readme-numbers:NAME -->` of README.md and docs/RESULTS.md
+is rendered from that file alone (`render`), the plots are copied to `docs/img/` and the elastic run's
+outputs to `docs/results/elastic-demo/`. tests/test_cli_ux.py checks that both documents' regions are what
+`render` makes of the committed JSON, so they cannot drift apart.
 """
 
 from __future__ import annotations
@@ -35,7 +36,10 @@ import doc_regions  # tools/, beside this script
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
+RESULTS = REPO / "docs" / "RESULTS.md"
 NUMBERS = REPO / "docs" / "readme-numbers.json"
+ELASTIC_RESULTS = REPO / "docs" / "results" / "elastic-demo"
+ELASTIC_FILES = ("router_metrics.jsonl", "router_config.json")  # beside the evaluation's elastic.json / .md
 IMAGES = REPO / "docs" / "img"
 DEMO_PATH = re.compile(r"(?<![\w/])(runs|hf|eval)/demo")
 
@@ -74,8 +78,13 @@ def demo_plan(commands: list[str]) -> dict[str, Any]:
             plan["convert"], plan["hf_dir"] = argv, REPO / args.out_dir
         elif args.command == "eval":
             plan["eval"][args.eval_command] = (argv, REPO / args.out)
-    missing = [job for job in ("prepare", "train", "convert") if job not in plan]
-    missing += [f"eval {name}" for name in ("ppl", "sparsity", "niah") if name not in plan["eval"]]
+        elif args.command == "elastic":
+            out = [item.split("=", 1)[1] for item in args.overrides if item.startswith("out=")]
+            plan["elastic"], plan["elastic_dir"] = argv, REPO / out[-1] if out else None
+    missing = [job for job in ("prepare", "train", "convert", "elastic") if job not in plan]
+    missing += [f"eval {name}" for name in EVALS if name not in plan["eval"]]
+    if "elastic" in plan and plan["elastic_dir"] is None:
+        missing.append("elastic train with out=DIR")
     if missing:
         sys.exit(f"README.md: no demo command for {', '.join(missing)} (see readme_commands)")
     return plan
@@ -94,6 +103,9 @@ def ssa(argv: list[str]) -> float:
     return round(time.perf_counter() - start, 1)
 
 
+EVALS = ("ppl", "sparsity", "niah", "elastic")  # `eval elastic` runs after `elastic train`
+
+
 def run_demo(plan: dict[str, Any]) -> dict[str, Any]:
     """Run every command of the plan; the numbers the README quotes, with each command's wall time."""
     import yaml
@@ -103,7 +115,15 @@ def run_demo(plan: dict[str, Any]) -> dict[str, Any]:
 
     seconds = {"prepare": ssa(plan["prepare"]), "train": ssa(plan["train"]), "convert": ssa(plan["convert"])}
     for name, (argv, _) in plan["eval"].items():
+        if name == "elastic":
+            seconds["elastic_train"] = ssa(plan["elastic"])
         seconds[f"eval_{name}"] = ssa(argv)
+    ELASTIC_RESULTS.mkdir(parents=True, exist_ok=True)
+    eval_elastic = plan["eval"]["elastic"][1]
+    for path in [eval_elastic / "elastic.json", eval_elastic / "elastic.md"] + [
+        plan["elastic_dir"] / name for name in ELASTIC_FILES
+    ]:
+        shutil.copyfile(path, ELASTIC_RESULTS / path.name)
     ssa(["plot", str(plan["run_dir"]), "--out", str(IMAGES / "demo-loss.png")])
     shown = README.read_text()
     for name, (_, out) in plan["eval"].items():
@@ -153,6 +173,34 @@ def run_demo(plan: dict[str, Any]) -> dict[str, Any]:
             "accuracy": [c["accuracy"] for c in evals["niah"]["cells"]],
             "greedy": [c["greedy"] for c in evals["niah"]["cells"]],
         },
+        "elastic": elastic_numbers(evals["elastic"], plan["elastic_dir"]),
+    }
+
+
+def elastic_numbers(report: dict, elastic_dir: Path) -> dict[str, Any]:
+    """What the README and RESULTS.md quote of `ssa elastic train` (its export) and `ssa eval elastic`."""
+    steps = [json.loads(line) for line in (elastic_dir / "router_metrics.jsonl").read_text().splitlines()]
+    config = json.loads((elastic_dir / "router_config.json").read_text())
+    modes = ("full", "sparse", "elastic")
+    last = steps[-50:]
+    return {
+        "steps": len(steps),
+        "train_s": steps[-1]["elapsed_s"],
+        "batch_size": config["train"]["batch_size"],
+        "seq_len": config["data"]["seq_len"],
+        "pool_tokens": config["router"]["pool_tokens"],
+        "examples": report["examples"],
+        "targets": report["targets"],
+        "tags": {
+            tag: {
+                "omega": s["omega"],
+                "train_omega_last_50": sum(r[f"omega_{tag}"] for r in last) / len(last),
+                "exact": {m: s[m]["exact_match"] for m in modes},
+                "loss": {m: s[m]["answer_loss"] for m in modes},
+            }
+            for tag, s in report["tags"].items()
+        },
+        "tasks": {task: s["omega"] for task, s in report["tasks"].items()},
     }
 
 
@@ -212,7 +260,69 @@ def render(n: dict[str, Any]) -> dict[str, str]:
         f"{last_loss:.3f} at step {last_step}; validation loss after {val_step} steps {val_full:.3f} with",
         f"full attention and {val_sparse:.3f} with sparse attention ({keys} of up to {seq} keys per query).",
     )
-    return {"tiny-params": f"{params / 1e6:.2f}M", "eval": eval_text, "demo": demo_text}
+    e = n["elastic"]
+    tags, tasks = e["tags"], e["tasks"]
+    most_full, least_full = min(tasks, key=tasks.get), max(tasks, key=tasks.get)
+    elastic_text = _paragraph(
+        f"**Elastic Attention on the demo model** ({cpu}, {n['date']},",
+        "[`docs/RESULTS.md`](docs/RESULTS.md)):",
+        f"{e['steps']} router steps ({e['train_s']:.0f} s) on the frozen demo model bring the held-out",
+        f"share of sparse heads to {tags['sensitive']['omega']:.3f} on sparsity-sensitive tasks (target",
+        f"{e['targets']['sensitive']}) and {tags['robust']['omega']:.3f} on robust ones (target",
+        f"{e['targets']['robust']}); {most_full.replace('_', '-')} keeps the most full heads (Ω",
+        f"{tasks[most_full]:.2f}), {least_full.replace('_', '-')} the fewest ({tasks[least_full]:.2f}).",
+        _elastic_quality(e, params),
+    )
+    return {
+        "tiny-params": f"{params / 1e6:.2f}M",
+        "eval": eval_text,
+        "demo": demo_text,
+        "elastic": elastic_text,
+    }
+
+
+ELASTIC_MODES = ("full", "sparse", "elastic")
+
+
+def _per_mode(scores: dict[str, float], digits: int) -> str:
+    """`a / b / c` for full / sparse / elastic."""
+    return " / ".join(f"{scores[m]:.{digits}f}" for m in ELASTIC_MODES)
+
+
+def _elastic_quality(e: dict[str, Any], params: int) -> str:
+    if max(v for s in e["tags"].values() for v in s["exact"].values()) == 0:
+        return (
+            f"At {params / 1e6:.2f}M parameters the model answers none of the tasks in any mode, so quality"
+            " against Ω awaits a larger backbone."
+        )
+    per_tag = "; ".join(f"{tag} {_per_mode(s['exact'], 2)}" for tag, s in e["tags"].items())
+    return f"Exact match full / sparse / elastic: {per_tag}."
+
+
+def render_results(n: dict[str, Any]) -> dict[str, str]:
+    """docs/RESULTS.md's region of the elastic demo (a pure function of `n`)."""
+    e = n["elastic"]
+    rows = "".join(
+        f"| {tag} ({e['targets'][tag]}) | {s['omega']:.3f} | {_per_mode(s['loss'], 3).replace(' / ', ' | ')}"
+        f" | {_per_mode(s['exact'], 2)} |\n"
+        for tag, s in e["tags"].items()
+    )
+    per_task = ", ".join(f"{task.replace('_', '-')} {omega:.2f}" for task, omega in e["tasks"].items())
+    train = " / ".join(f"{s['train_omega_last_50']:.3f}" for s in e["tags"].values())
+    half = e["batch_size"] // 2
+    head = (
+        f"{e['steps']} router steps of {half} sensitive + {half} robust examples of {e['seq_len']} tokens"
+        f" ({e['train_s']:.0f} s, {n['cpus']}-core CPU, {n['date']}), scored on {e['examples']} held-out"
+        " examples (other documents, keys and facts):"
+    )
+    tail = (
+        f"Ω per task: {per_task}; in the training batches of the last 50 steps: {train} (sensitive / robust)."
+    )
+    table = (
+        "| tag (target Ω) | Ω held out | answer loss full | sparse | elastic |"
+        " exact match full / sparse / elastic |\n|---|---|---|---|---|---|\n"
+    )
+    return {"elastic-demo": _paragraph(head) + "\n" + table + rows + _paragraph(tail)}
 
 
 def rewrite(readme: str, regions: dict[str, str]) -> str:
@@ -231,7 +341,12 @@ def main() -> int:
     args = parser.parse_args()
     if not args.render:
         plan = demo_plan(readme_commands(README.read_text()))
-        outputs = [plan["run_dir"], plan["hf_dir"], *(out for _, out in plan["eval"].values())]
+        outputs = [
+            plan["run_dir"],
+            plan["hf_dir"],
+            plan["elastic_dir"],
+            *(out for _, out in plan["eval"].values()),
+        ]
         present = [path for path in outputs if path.exists()]
         if present and not args.replace:
             sys.exit(
@@ -241,8 +356,10 @@ def main() -> int:
             shutil.rmtree(path)
         numbers = run_demo(plan)
         NUMBERS.write_text(json.dumps(numbers, indent=1) + "\n")
-    README.write_text(rewrite(README.read_text(), render(json.loads(NUMBERS.read_text()))))
-    print(f"\nwrote {NUMBERS.relative_to(REPO)}, README.md and docs/img/*.png")
+    numbers = json.loads(NUMBERS.read_text())
+    README.write_text(rewrite(README.read_text(), render(numbers)))
+    RESULTS.write_text(doc_regions.rewrite(RESULTS.read_text(), "readme-numbers", render_results(numbers)))
+    print(f"\nwrote {NUMBERS.relative_to(REPO)}, README.md, docs/RESULTS.md and docs/img/*.png")
     return 0
 
 
