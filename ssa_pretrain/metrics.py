@@ -43,16 +43,18 @@ def flops_per_token(cfg: Config, num_params: int) -> float:
     counterpart only for the alignment loss), plus the selection scores q . kbar (forward only:
     2 * heads * head_dim * seq_len / (2 * block_size) per token and layer).
     """
-    m, s, t = cfg.model, cfg.ssa, cfg.data.seq_len
-    per_ctx = 12 * m.num_attention_heads * m.kv_channels * m.num_layers
-    full_ctx = t / 2
-    sparse_ctx = min(s.block_count * s.block_size, t / 2)
-    selection = 2 * m.num_attention_heads * m.kv_channels * m.num_layers * t / (2 * s.block_size)
+    model, ssa, seq_len = cfg.model, cfg.ssa, cfg.data.seq_len
+    per_ctx = 12 * model.num_attention_heads * model.kv_channels * model.num_layers
+    full_ctx = seq_len / 2
+    sparse_ctx = min(ssa.block_count * ssa.block_size, seq_len / 2)
+    selection = (
+        2 * model.num_attention_heads * model.kv_channels * model.num_layers * seq_len / (2 * ssa.block_size)
+    )
     attention = {
         "full": per_ctx * full_ctx,
         "sparse": per_ctx * sparse_ctx + selection,
         "ssa": per_ctx * (full_ctx + sparse_ctx) + selection,
-    }[s.variant]
+    }[ssa.variant]
     return 6 * num_params + attention
 
 

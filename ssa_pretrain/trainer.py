@@ -96,13 +96,13 @@ class MegatronMPU:
 def deepspeed_config(cfg: Config, dp: int, bf16: bool) -> dict[str, Any]:
     """The DeepSpeed JSON of `train.deepspeed_config` with its "auto" values filled from our config."""
     path, ds = cfg.train.deepspeed_config, read_deepspeed_json(cfg.train)
-    t = cfg.train
+    train = cfg.train
     auto = {
         # DeepSpeed's data-parallel group is DP x CP and it counts a micro-batch on every rank of it.
-        "train_batch_size": t.global_batch_size * cfg.parallel.cp,
-        "train_micro_batch_size_per_gpu": t.micro_batch_size,
-        "gradient_accumulation_steps": t.global_batch_size // (t.micro_batch_size * dp),
-        "gradient_clipping": t.grad_clip,
+        "train_batch_size": train.global_batch_size * cfg.parallel.cp,
+        "train_micro_batch_size_per_gpu": train.micro_batch_size,
+        "gradient_accumulation_steps": train.global_batch_size // (train.micro_batch_size * dp),
+        "gradient_clipping": train.grad_clip,
     }
     for key, value in auto.items():
         if ds.get(key, "auto") == "auto":
@@ -292,18 +292,18 @@ class Trainer:
             raise
 
     def _train(self) -> None:
-        t = self.cfg.train
-        while self.step < t.steps:
+        train = self.cfg.train
+        while self.step < train.steps:
             metrics = self.train_step()
             self.step += 1
-            if self.step % t.eval_interval == 0 or self.step == t.steps:
+            if self.step % train.eval_interval == 0 or self.step == train.steps:
                 metrics.update(self.validate())
-            if self.step % t.log_interval == 0 or "val_loss_full" in metrics or self.step == t.steps:
+            if self.step % train.log_interval == 0 or "val_loss_full" in metrics or self.step == train.steps:
                 self.logger.log(metrics)
                 if self.is_main:
                     self._write_status("running")
             stopping = self._agree_to_stop()
-            if self.step % t.save_interval == 0 or self.step == t.steps or stopping:
+            if self.step % train.save_interval == 0 or self.step == train.steps or stopping:
                 self.save()
             if stopping:
                 self._stop_by_signal()
@@ -344,11 +344,11 @@ class Trainer:
         applied = self.engine.was_step_applied() and math.isfinite(ce) and math.isfinite(grad_norm)
         self._count_nonfinite(applied)
         elapsed = time.perf_counter() - start
-        s = self.cfg.ssa
+        ssa = self.cfg.ssa
         tokens_per_step = self.cfg.train.global_batch_size * self.cfg.data.seq_len
         metrics: dict[str, Any] = {
             "step": self.step + 1,
-            "loss": ce + s.alpha * (s.w_fs + s.w_sf) * align,
+            "loss": ce + ssa.alpha * (ssa.w_fs + ssa.w_sf) * align,
             "ce": ce,
             "align": align,
             "mode": modes[0] if len(set(modes)) == 1 else "mixed",

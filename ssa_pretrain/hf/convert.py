@@ -139,20 +139,20 @@ def hf_config(cfg: Config, vocab_size: int, dtype: torch.dtype):
     """The `SSAConfig` of the checkpoint's model."""
     from ssa_pretrain.hf.configuration_ssa import SSAConfig
 
-    m = cfg.model
+    model = cfg.model
     return SSAConfig(
         vocab_size=vocab_size,
-        hidden_size=m.hidden_size,
-        intermediate_size=m.ffn_hidden_size,
-        num_hidden_layers=m.num_layers,
-        num_attention_heads=m.num_attention_heads,
-        num_key_value_heads=m.num_kv_heads,
-        head_dim=m.kv_channels,
+        hidden_size=model.hidden_size,
+        intermediate_size=model.ffn_hidden_size,
+        num_hidden_layers=model.num_layers,
+        num_attention_heads=model.num_attention_heads,
+        num_key_value_heads=model.num_kv_heads,
+        head_dim=model.kv_channels,
         max_position_embeddings=cfg.data.seq_len,
-        rms_norm_eps=m.norm_eps,
-        rope_theta=m.rope_theta,
-        initializer_range=m.init_std,
-        tie_word_embeddings=m.tie_embeddings,
+        rms_norm_eps=model.norm_eps,
+        rope_theta=model.rope_theta,
+        initializer_range=model.init_std,
+        tie_word_embeddings=model.tie_embeddings,
         output_gate=cfg.ssa.output_gate,
         inference_mode=cfg.ssa.effective_inference_mode,
         block_size=cfg.ssa.block_size,

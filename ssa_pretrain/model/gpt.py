@@ -38,23 +38,23 @@ def padded_vocab_size(vocab_size: int, model: ModelConfig, tp: int) -> int:
 
 def transformer_config(cfg: Config, dtype: torch.dtype) -> SSATransformerConfig:
     """Megatron's TransformerConfig for a Llama-style decoder with SSA attention."""
-    m = cfg.model
+    model = cfg.model
     device_flags = {} if torch.cuda.is_available() else cpu_shims.CPU_CONFIG
     return SSATransformerConfig(
-        num_layers=m.num_layers,
-        hidden_size=m.hidden_size,
-        num_attention_heads=m.num_attention_heads,
-        num_query_groups=m.num_kv_heads,
-        kv_channels=m.kv_channels,
-        ffn_hidden_size=m.ffn_hidden_size,
+        num_layers=model.num_layers,
+        hidden_size=model.hidden_size,
+        num_attention_heads=model.num_attention_heads,
+        num_query_groups=model.num_kv_heads,
+        kv_channels=model.kv_channels,
+        ffn_hidden_size=model.ffn_hidden_size,
         normalization="RMSNorm",
-        layernorm_epsilon=m.norm_eps,
+        layernorm_epsilon=model.norm_eps,
         gated_linear_unit=True,  # SwiGLU
         activation_func=F.silu,
         add_bias_linear=False,
         hidden_dropout=0.0,
         attention_dropout=0.0,
-        init_method_std=m.init_std,
+        init_method_std=model.init_std,
         tensor_model_parallel_size=cfg.parallel.tp,
         context_parallel_size=cfg.parallel.cp,
         cp_comm_type=MEGATRON_CP_COMM[cfg.parallel.cp_comm],  # handed to SSACoreAttention by Megatron
