@@ -111,6 +111,9 @@ say "nodes=${SLURM_JOB_NODELIST:-?} tasks=${SLURM_NTASKS:-1} master=$MASTER_ADDR
     "device=${SSA_DEVICE:-gpu} config=$CONFIG run_dir=$RUN_DIR overrides=${ARGS[*]:-none}"
 TRAIN_LOG=$RUN_DIR/logs/train-$JOB$([ "$RESTART" = 0 ] || echo "-r$RESTART").log
 # Each task reads its rank from SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID (ssa_pretrain/distributed.py).
+# torchrun's variables would win there: ones left in the submitting shell (--export=ALL) must not make every
+# task rank 0 of a world of one.
+unset RANK WORLD_SIZE LOCAL_RANK LOCAL_WORLD_SIZE GROUP_RANK
 srun --kill-on-bad-exit=1 --label --output="$TRAIN_LOG" \
     "$PYTHON" -m ssa_pretrain.train --run-dir "$RUN_DIR" "$CONFIG" logging.progress=false "${ARGS[@]}" &
 SRUN_PID=$!

@@ -6,8 +6,10 @@ config exits 2. About 2-3 minutes on 2 cores (300 router steps on 256-token exam
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from unittest import mock
 
 import pytest
 import torch
@@ -106,7 +108,8 @@ def test_a_training_run_is_converted_into_the_backbone(runs, tmp_path) -> None:
     from ssa_pretrain.elastic.config import ElasticError
     from ssa_pretrain.elastic.train import resolve_backbone
 
-    hf_dir = resolve_backbone(runs["tp1"], tmp_path)
+    with mock.patch.dict(os.environ):  # the check's Megatron sets RANK / WORLD_SIZE: keep them in here
+        hf_dir = resolve_backbone(runs["tp1"], tmp_path)
     assert hf_dir == tmp_path / "backbone" and (hf_dir / "config.json").is_file()
     with pytest.raises(ElasticError, match="no such export, run directory or checkpoint"):
         resolve_backbone(tmp_path / "missing", tmp_path)

@@ -54,5 +54,9 @@ def job_env() -> dict[str, str]:
         DS_ACCELERATOR="cpu",
         WANDB_MODE="disabled",
         OMP_NUM_THREADS="1",
+        # a torchrun environment left in the submitting shell: srun's ranks must win over it
+        RANK="0",
+        WORLD_SIZE="1",
+        LOCAL_RANK="0",
     )
     return env
