@@ -599,7 +599,7 @@ class SSAModel(SSAPreTrainedModel):
                 f"head_modes must be bool [layers, batch, kv heads] = {list(expected)}, "
                 f"got {head_modes.dtype} {list(head_modes.shape)}"
             )
-        return list(head_modes.unbind(0))
+        return list(head_modes.to(self.embed_tokens.weight.device).unbind(0))  # given on any device
 
 
 class SSAForCausalLM(SSAPreTrainedModel, GenerationMixin):
