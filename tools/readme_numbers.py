@@ -104,6 +104,7 @@ def ssa(argv: list[str]) -> float:
 
 
 EVALS = ("ppl", "sparsity", "niah", "elastic")  # `eval elastic` runs after `elastic train`
+ELASTIC_MODES = ("full", "sparse", "elastic")  # the modes `ssa eval elastic` scores
 
 
 def run_demo(plan: dict[str, Any]) -> dict[str, Any]:
@@ -181,7 +182,6 @@ def elastic_numbers(report: dict, elastic_dir: Path) -> dict[str, Any]:
     """What the README and RESULTS.md quote of `ssa elastic train` (its export) and `ssa eval elastic`."""
     steps = [json.loads(line) for line in (elastic_dir / "router_metrics.jsonl").read_text().splitlines()]
     config = json.loads((elastic_dir / "router_config.json").read_text())
-    modes = ("full", "sparse", "elastic")
     last = steps[-50:]
     return {
         "steps": len(steps),
@@ -195,8 +195,8 @@ def elastic_numbers(report: dict, elastic_dir: Path) -> dict[str, Any]:
             tag: {
                 "omega": s["omega"],
                 "train_omega_last_50": sum(r[f"omega_{tag}"] for r in last) / len(last),
-                "exact": {m: s[m]["exact_match"] for m in modes},
-                "loss": {m: s[m]["answer_loss"] for m in modes},
+                "exact": {m: s[m]["exact_match"] for m in ELASTIC_MODES},
+                "loss": {m: s[m]["answer_loss"] for m in ELASTIC_MODES},
             }
             for tag, s in report["tags"].items()
         },
@@ -279,9 +279,6 @@ def render(n: dict[str, Any]) -> dict[str, str]:
         "demo": demo_text,
         "elastic": elastic_text,
     }
-
-
-ELASTIC_MODES = ("full", "sparse", "elastic")
 
 
 def _per_mode(scores: dict[str, float], digits: int) -> str:

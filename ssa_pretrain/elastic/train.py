@@ -96,13 +96,16 @@ def train_step(
     lagrangian = loss.mean()
     for i, tag in enumerate(TAGS):
         picked = batch.tag == i
-        gap = omega[picked].mean() - targets[i]
+        share = omega[picked].mean()
+        gap = share - targets[i]
         lagrangian = lagrangian + lambdas[0, i] * gap + lambdas[1, i] * gap**2
-        row[f"omega_{tag}"] = omega[picked].mean().item()
+        row[f"omega_{tag}"] = share.item()
         row[f"answer_loss_{tag}"] = loss[picked].mean().item()
-    gap = torch.stack([r.last_logits[..., 1] - r.last_logits[..., 0] for r in routers(model)])  # [L, B, HKV]
-    row["logit_gap"] = gap.abs().mean().item()
-    (lagrangian + logit_penalty * gap.square().mean()).backward()
+    logit_gap = torch.stack(
+        [r.last_logits[..., 1] - r.last_logits[..., 0] for r in routers(model)]
+    )  # [L, B, HKV]
+    row["logit_gap"] = logit_gap.abs().mean().item()
+    (lagrangian + logit_penalty * logit_gap.square().mean()).backward()
     return {"loss": lagrangian.item(), **row}
 
 

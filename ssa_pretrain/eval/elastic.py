@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from ssa_pretrain.elastic.evaluate import MODES
 from ssa_pretrain.eval.command import run_evaluation
 from ssa_pretrain.eval.errors import EvalError
 from ssa_pretrain.eval.options import DEFAULT_LOAD, ElasticOptions, LoadOptions
@@ -45,8 +46,9 @@ def measure_elastic(model: torch.nn.Module, tokenizer: Any, hf_dir: Path, option
     if model.config.router is None:
         raise EvalError(f"{hf_dir}: has no router; train one with `ssa elastic train CONFIG model={hf_dir}`")
     saved = hf_dir / "router_config.json"
-    trained = ElasticConfig.model_validate(json.loads(saved.read_text())) if saved.is_file() else None
-    if trained is None:
+    if saved.is_file():
+        trained = ElasticConfig.model_validate(json.loads(saved.read_text()))
+    else:  # an export without its training record: the defaults
         trained = ElasticConfig(model=str(hf_dir), out=str(hf_dir))
     changes = {
         "seq_len": options.seq_len,
@@ -62,12 +64,11 @@ def measure_elastic(model: torch.nn.Module, tokenizer: Any, hf_dir: Path, option
 
 def elastic_markdown(report: dict) -> str:
     """Per tag and per task: Ω against the target, answer loss and exact match per mode."""
-    modes = ("full", "sparse", "elastic")
-    header = ["", "Ω (target)", *(f"exact {m}" for m in modes), *(f"loss {m}" for m in modes)]
+    header = ["", "Ω (target)", *(f"exact {m}" for m in MODES), *(f"loss {m}" for m in MODES)]
 
     def row(name: str, scores: dict, target) -> list:
-        exact = [scores[m]["exact_match"] for m in modes]
-        return [name, f"{scores['omega']:.3f} ({target})", *exact, *(scores[m]["answer_loss"] for m in modes)]
+        exact = [scores[m]["exact_match"] for m in MODES]
+        return [name, f"{scores['omega']:.3f} ({target})", *exact, *(scores[m]["answer_loss"] for m in MODES)]
 
     targets = report["targets"]
     tags = [row(tag, s, targets[tag]) for tag, s in report["tags"].items()]

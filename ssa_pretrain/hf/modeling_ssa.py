@@ -564,9 +564,7 @@ class SSAModel(SSAPreTrainedModel):
         if self.config.inference_mode == "elastic":
             self.last_head_modes = modes
             if cache is not None and cache.head_modes is None:
-                cache.head_modes = torch.stack(
-                    [m.bool() if m.dtype == torch.bool else m > 0.5 for m in modes]
-                )
+                cache.head_modes = torch.stack(modes) > 0.5  # bool decisions, or the STE samples' 0/1
         return with_cache(BaseModelOutputWithPast, cache if use_cache else None, last_hidden_state=x)
 
     def elastic_modes(
