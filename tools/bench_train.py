@@ -292,7 +292,9 @@ def saved_for_backward(model: torch.nn.Module, forward: Callable[[], torch.Tenso
         key = (storage.device, storage.data_ptr())
         if storage.data_ptr() not in params and key not in saved:
             saved[key] = (stack[-1] if stack else "", storage.nbytes(), t.dtype, tuple(t.shape))
-        return t
+        # A detached alias: the tensor itself would tie a saved output to its own graph node, a cycle the
+        # collector cannot see, and keep the whole forward alive (the graph is only measured, never run).
+        return t.detach()
 
     handles = [
         h for m in model.modules() for h in (m.register_forward_pre_hook(push), m.register_forward_hook(pop))

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import gc
 import importlib
+import weakref
 
 import pytest
+import torch
 from megatron.core.models.gpt import GPTModel
 from torch.optim import Optimizer
 
@@ -75,3 +77,37 @@ def test_longest_stops_at_the_first_shape_that_trains(bench_train):
     args = bench_train.parse_args([*TINY, "--seq-len", "32", "64", "--longest"])
     bench_train.run_variant(args, "sparse", {}, rows.append)
     assert [(r["seq_len"], r["oom"]) for r in rows] == [(64, False)]
+
+
+def test_memory_report_keeps_no_activation_alive(bench_train):
+    """The saved-tensor hooks must not tie a saved output to its own graph node (a cycle that Python's
+    collector cannot see): a leaked graph would hold a whole forward's activations for the rest of the run."""
+    produced = []
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(8, 8)
+
+        def forward(self, x):
+            h = torch.tanh(self.linear(x))  # tanh saves its own output for backward
+            produced.append(weakref.ref(h))
+            return h.sum()
+
+    net = Net()
+    report = bench_train.saved_for_backward(net, lambda: net(torch.randn(4, 8)))
+    gc.collect()
+    assert report["largest_saved"]  # the report saw the saved tensors
+    assert produced[0]() is None
+
+
+def test_split_and_memory_report_leave_no_graph_behind(bench_train):
+    """No tensor of an autograd graph outlives its variant (Megatron's RoPE cache may stay: no graph)."""
+
+    def graph_tensors() -> int:
+        gc.collect()
+        return sum(torch.is_tensor(o) and o.grad_fn is not None for o in gc.get_objects())
+
+    before = graph_tensors()
+    bench_train.run_variant(bench_train.parse_args([*TINY, "--split", "--memory"]), "ssa", {}, lambda row: None)
+    assert graph_tensors() == before
