@@ -4,11 +4,14 @@
 
 Reads `RESULTS/runs/<run>/{metrics.jsonl,config.yaml,status.json}`, `RESULTS/eval/<run>/{ppl,ppl-rope4,
 sparsity,niah}.json` (the outputs of `ssa eval`), `RESULTS/sweep_run.txt` (the local runner's log, for the
-wall-clock) and `RESULTS/stability/*.metrics.jsonl`; writes the figures `repl-*.png` into `--img` and
-replaces each region `<!-- results:NAME -->` … `<!-- /results:NAME -->` of `--doc` with its table
-(`doc_regions.py`), so the
-document cannot drift from the numbers. Nothing is computed here that the eval outputs do not hold, except
-means over layers and the orderings' checks, which are printed with their inputs.
+wall-clock; a run completed twice counts its last completion) and `RESULTS/stability/*.metrics.jsonl`.
+The runs are reported in sets (`RESULTS/sets.yaml` unless `--sets`): each set NAME maps the roles
+full, sparse, ssa, no-fs, no-sf and ratio-0.25 to runs at one learning rate, and gets its own regions
+`<!-- results:main-NAME -->` … `<!-- /results:main-NAME -->` (and `budget-`, `layers-`, `orderings-`) and
+figures `repl-loss-NAME.png`, `repl-budget-NAME.png`; the stability runs get `repl-stability.png`. Each
+region of `--doc` is replaced with its table (`doc_regions.py`), so the document cannot drift from the
+numbers. Nothing is computed here that the eval outputs do not hold, except means over layers and the
+orderings' checks, which are printed with their inputs.
 """
 
 from __future__ import annotations
@@ -16,16 +19,20 @@ from __future__ import annotations
 import argparse
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import doc_regions  # tools/, beside this script
 import matplotlib
+import yaml
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+ROLES = ("full", "sparse", "ssa", "no-fs", "no-sf", "ratio-0.25")
 MAIN = ("full", "sparse", "ssa")
+Set = dict[str, dict[str, Any]]  # role -> run (its name, metrics rows, evaluations, wall-clock)
 
 
 def read_json(path: Path) -> Any:
@@ -37,7 +44,7 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def load(results: Path) -> dict[str, dict[str, Any]]:
-    """Per run: its metrics rows, evaluations and wall-clock seconds (from the runner's log)."""
+    """Per run: its name, metrics rows, evaluations and wall-clock seconds (from the runner's log)."""
     seconds = {m[1]: float(m[2]) for m in re.finditer(r"\] (\S+): completed after (\d+) s",
                                                      (results / "sweep_run.txt").read_text())}  # fmt: skip
     runs = {}
@@ -45,11 +52,32 @@ def load(results: Path) -> dict[str, dict[str, Any]]:
         name = run_dir.name
         ev = results / "eval" / name
         runs[name] = {
+            "name": name,
             "metrics": read_jsonl(run_dir / "metrics.jsonl"),
             "eval": {p.stem: read_json(p) for p in sorted(ev.glob("*.json"))},
             "seconds": seconds.get(name),
         }
     return runs
+
+
+def read_sets(path: Path, runs: dict[str, dict[str, Any]]) -> dict[str, Set]:
+    """The sets of `path` (NAME: {role: run}) resolved against the loaded runs; a ValueError names an
+    unknown role, a run without results or a set name that cannot name a doc region."""
+    sets = yaml.safe_load(path.read_text())
+    if not isinstance(sets, dict) or not all(isinstance(m, dict) for m in sets.values()):
+        raise ValueError(f"{path}: expected NAME: {{role: run}} mappings")
+    out = {}
+    for name, members in sets.items():
+        if not re.fullmatch(r"[\w.-]+", str(name)):
+            raise ValueError(f"{path}: set name {name!r} must be letters, digits, '.', '_' or '-'")
+        unknown = sorted(set(members) - set(ROLES))
+        if unknown:
+            raise ValueError(f"{path}: set {name}: unknown roles {unknown}; the roles are {list(ROLES)}")
+        missing = sorted(run for run in members.values() if run not in runs)
+        if missing:
+            raise ValueError(f"{path}: set {name}: no runs/<run> for {missing}")
+        out[str(name)] = {role: runs[members[role]] for role in ROLES if role in members}
+    return out
 
 
 def ppl(ev: dict, length: int, mode: str, block_count: int | None = None) -> float | None:
@@ -70,14 +98,14 @@ def fmt(x: float | None, digits: int = 2) -> str:
     return "–" if x is None else f"{x:.{digits}f}"
 
 
-def main_table(runs: dict[str, dict]) -> str:
+def main_table(members: Set) -> str:
     lines = [
-        "| run | val loss full / sparse | ppl 2K full / sparse | 4K full / sparse | 8K full / sparse "
+        "| role | run | val loss full / sparse | ppl 2K full / sparse | 4K full / sparse | 8K full / sparse "
         "| 8K, RoPE ×4: full / sparse | sparse/full at 2K | dropped mass (mean of layers) | KL full‖sparse "
         "| NIAH acc. full / sparse | tokens/s | wall-clock |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for name, run in runs.items():
+    for role, run in members.items():
         ev, rows = run["eval"], run["metrics"]
         p, r4, sp, niah = ev.get("ppl"), ev.get("ppl-rope4"), ev.get("sparsity"), ev.get("niah")
         vf, vs = last_validation(rows)
@@ -99,128 +127,181 @@ def main_table(runs: dict[str, dict]) -> str:
         train_rows = [r for r in rows if "tokens_per_s" in r]
         tps = sorted(r["tokens_per_s"] for r in train_rows)[len(train_rows) // 2] if train_rows else None
         cells += [f"{tps / 1e3:.0f}K" if tps else "–", f"{run['seconds']:.0f} s" if run["seconds"] else "–"]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append(f"| {role} | {run['name']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def budget_table(runs: dict[str, dict]) -> str:
-    runs = {name: run for name, run in runs.items() if "ppl" in run["eval"]}
-    counts = sorted({r["block_count"] for run in runs.values() for r in run["eval"]["ppl"]["results"]
-                     if r["mode"] == "sparse"})  # fmt: skip
+def block_counts(members: Set) -> list[int]:
+    return sorted({r["block_count"] for run in members.values() for r in run["eval"]["ppl"]["results"]
+                   if r["mode"] == "sparse"})  # fmt: skip
+
+
+def budget_table(members: Set) -> str:
+    members = {role: run for role, run in members.items() if "ppl" in run["eval"]}
+    counts = block_counts(members)
     lines = [
-        "| run | " + " | ".join(f"K={k}" for k in counts) + " | full |",
-        "|---" * (len(counts) + 2) + "|",
+        "| role | run | " + " | ".join(f"K={k}" for k in counts) + " | full |",
+        "|---" * (len(counts) + 3) + "|",
     ]
-    for name, run in runs.items():
+    for role, run in members.items():
         p = run["eval"]["ppl"]
-        lines.append(f"| {name} | " + " | ".join(fmt(ppl(p, 2048, "sparse", k)) for k in counts)
-                     + f" | {fmt(ppl(p, 2048, 'full'))} |")  # fmt: skip
+        cells = [fmt(ppl(p, 2048, "sparse", k)) for k in counts] + [fmt(ppl(p, 2048, "full"))]
+        lines.append(f"| {role} | {run['name']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def layer_table(runs: dict[str, dict]) -> str:
-    layers = len(next(iter(runs.values()))["eval"]["sparsity"]["layers"])
-    head = "| run | " + " | ".join(f"L{i}" for i in range(layers)) + " |"
-    lines = [head, "|---" * (layers + 1) + "|"]
+def layer_table(members: Set) -> str:
+    members = {role: members[role] for role in MAIN if "sparsity" in members.get(role, {}).get("eval", {})}
+    if not members:
+        return "(no `ssa eval sparsity` output for full, sparse or ssa in this set)"
+    layers = len(next(iter(members.values()))["eval"]["sparsity"]["layers"])
+    lines = [
+        "| role: what | " + " | ".join(f"L{i}" for i in range(layers)) + " |",
+        "|---" * (layers + 1) + "|",
+    ]
     for what, key in (
         ("dropped mass", "dropped_mass"),
         ("KL, only this layer sparse", "kl_only_this_layer_sparse"),
     ):
-        for name, run in runs.items():
+        for role, run in members.items():
             ls = run["eval"]["sparsity"]["layers"]
             if key not in ls[0]:
                 continue
-            lines.append(f"| {name}: {what} | " + " | ".join(f"{layer[key]:.3f}" for layer in ls) + " |")
+            lines.append(f"| {role}: {what} | " + " | ".join(f"{layer[key]:.3f}" for layer in ls) + " |")
     return "\n".join(lines)
 
 
-def orderings(runs: dict[str, dict]) -> str:
-    """The paper's orderings at this scale, each with the numbers it rests on: holds / does not hold."""
+def orderings(members: Set) -> str:
+    """The paper's orderings at this scale, each with the numbers it rests on: holds / does not hold, or
+    not measured (naming the roles and evaluations it lacks)."""
 
-    def p(name: str, length: int, mode: str, k: int | None = None) -> float:
-        return ppl(runs[name]["eval"]["ppl"], length, mode, k)
+    def p(role: str, length: int, mode: str, k: int | None = None) -> float:
+        return ppl(members[role]["eval"]["ppl"], length, mode, k)
 
-    def gap(name: str) -> float:
-        return p(name, 2048, "sparse") / p(name, 2048, "full") - 1
+    def gap(role: str) -> float:
+        return p(role, 2048, "sparse") / p(role, 2048, "full") - 1
 
-    def layers(name: str, key: str) -> list[float]:
-        return [layer[key] for layer in runs[name]["eval"]["sparsity"]["layers"]]
+    def layers(role: str, key: str) -> list[float]:
+        return [layer[key] for layer in members[role]["eval"]["sparsity"]["layers"]]
 
-    out = []
-    gaps = {n: gap(n) for n in MAIN}
-    ok = gaps["full"] > 0.02 and min(gaps, key=lambda n: abs(gaps[n])) == "ssa"
-    out.append(("1. `full` worse in sparse mode; `ssa` the smallest full-vs-sparse gap",
-                ok, ", ".join(f"{n} {100 * g:+.1f} %" for n, g in gaps.items())))  # fmt: skip
-    ratio = p("ssa", 2048, "full") / p("full", 2048, "full")
-    out.append(
-        (
-            "2. `ssa` full-mode ppl close to `full`'s (within 5 %)",
-            abs(ratio - 1) < 0.05,
-            f"{p('ssa', 2048, 'full'):.2f} vs {p('full', 2048, 'full'):.2f} ({100 * (ratio - 1):+.1f} %)",
+    def first() -> tuple[bool, str]:
+        gaps = {r: gap(r) for r in MAIN}
+        ok = gaps["full"] > 0.02 and min(gaps, key=lambda r: abs(gaps[r])) == "ssa"
+        return ok, ", ".join(f"{r} {100 * g:+.1f} %" for r, g in gaps.items())
+
+    def second() -> tuple[bool, str]:
+        ratio = p("ssa", 2048, "full") / p("full", 2048, "full")
+        return abs(ratio - 1) < 0.05, (
+            f"{p('ssa', 2048, 'full'):.2f} vs {p('full', 2048, 'full'):.2f} ({100 * (ratio - 1):+.1f} %)"
         )
-    )
-    lower = [
-        a < b for a, b in zip(layers("ssa", "dropped_mass"), layers("full", "dropped_mass"), strict=True)
-    ]
-    kl = (runs["ssa"]["eval"]["sparsity"]["kl_all_layers_sparse"],
-          runs["full"]["eval"]["sparsity"]["kl_all_layers_sparse"])  # fmt: skip
-    out.append(("3. `ssa` lower dropped mass than `full` in most layers, lower KL",
-                sum(lower) > len(lower) / 2 and kl[0] < kl[1],
-                f"{sum(lower)} of {len(lower)} layers lower; KL {kl[0]:.2e} vs {kl[1]:.2e}"))  # fmt: skip
-    counts = sorted(
-        {r["block_count"] for r in runs["ssa"]["eval"]["ppl"]["results"] if r["mode"] == "sparse"}
-    )
-    curve = {n: [p(n, 2048, "sparse", k) for k in counts] for n in ("ssa", "full")}
-    monotone = all(a >= b - 1e-9 for a, b in zip(curve["ssa"], curve["ssa"][1:], strict=False))
-    steep = {n: curve[n][0] / curve[n][-1] for n in curve}
-    out.append(("4. `ssa` budget curve monotone and flatter than `full`'s",
-                monotone and steep["ssa"] < steep["full"],
-                f"ppl(K={counts[0]}) / ppl(K={counts[-1]}): ssa {steep['ssa']:.2f}, "
-                f"full {steep['full']:.2f}; ssa monotone: {monotone}"))  # fmt: skip
-    own = {"full": "full", "sparse": "sparse", "ssa": "sparse"}  # each model in the mode it is claimed for
-    rise = {n: p(n, 8192, own[n]) / p(n, 2048, own[n]) for n in MAIN}
-    out.append(
+
+    def third() -> tuple[bool, str]:
+        lower = [
+            a < b for a, b in zip(layers("ssa", "dropped_mass"), layers("full", "dropped_mass"), strict=True)
+        ]
+        kl = [members[r]["eval"]["sparsity"]["kl_all_layers_sparse"] for r in ("ssa", "full")]
+        return sum(lower) > len(lower) / 2 and kl[0] < kl[1], (
+            f"{sum(lower)} of {len(lower)} layers lower; KL {kl[0]:.2e} vs {kl[1]:.2e}"
+        )
+
+    def fourth() -> tuple[bool, str]:
+        counts = block_counts({"ssa": members["ssa"]})
+        curve = {r: [p(r, 2048, "sparse", k) for k in counts] for r in ("ssa", "full")}
+        monotone = all(a >= b - 1e-9 for a, b in zip(curve["ssa"], curve["ssa"][1:], strict=False))
+        steep = {r: curve[r][0] / curve[r][-1] for r in curve}
+        return monotone and steep["ssa"] < steep["full"], (
+            f"ppl(K={counts[0]}) / ppl(K={counts[-1]}): ssa {steep['ssa']:.2f}, full {steep['full']:.2f}; "
+            f"ssa monotone: {monotone}"
+        )
+
+    def fifth() -> tuple[bool, str]:
+        own = {
+            "full": "full",
+            "sparse": "sparse",
+            "ssa": "sparse",
+        }  # each model in the mode it is claimed for
+        rise = {r: p(r, 8192, own[r]) / p(r, 2048, own[r]) for r in MAIN}
+        return rise["ssa"] < rise["full"] and rise["sparse"] < rise["full"], (
+            ", ".join(f"{r} ×{x:.2f}" for r, x in rise.items())
+            + " (ppl 8K / 2K; ssa and sparse in sparse mode)"
+        )
+
+    def sixth() -> tuple[bool, str]:
+        worse = {r: (gap(r), p(r, 2048, "full")) for r in ("no-fs", "no-sf")}
+        holds = all(abs(g) > abs(gap("ssa")) or f > p("ssa", 2048, "full") for g, f in worse.values())
+        return holds, (
+            "; ".join(
+                f"{r} ({members[r]['name']}): gap {100 * g:+.1f} %, full ppl {f:.2f}"
+                for r, (g, f) in worse.items()
+            )
+            + f"; ssa: gap {100 * gap('ssa'):+.1f} %, full ppl {p('ssa', 2048, 'full'):.2f}"
+        )
+
+    claims: list[tuple[str, tuple[str, ...], tuple[str, ...], Callable[[], tuple[bool, str]]]] = [
+        ("1. `full` worse in sparse mode; `ssa` the smallest full-vs-sparse gap", MAIN, ("ppl",), first),
+        ("2. `ssa` full-mode ppl close to `full`'s (within 5 %)", ("ssa", "full"), ("ppl",), second),
+        (
+            "3. `ssa` lower dropped mass than `full` in most layers, lower KL",
+            ("ssa", "full"),
+            ("sparsity",),
+            third,
+        ),
+        ("4. `ssa` budget curve monotone and flatter than `full`'s", ("ssa", "full"), ("ppl",), fourth),
         (
             "5. beyond the training length (8K = 4×), `ssa` and `sparse` rise less than `full`",
-            rise["ssa"] < rise["full"] and rise["sparse"] < rise["full"],
-            ", ".join(f"{n} ×{r:.2f}" for n, r in rise.items())
-            + " (ppl 8K / 2K; ssa and sparse in sparse mode)",
-        )
-    )
-    abl = [n for n in ("ssa_align-no-fs", "ssa_align-no-sf") if "ppl" in runs.get(n, {}).get("eval", {})]
-    if abl:
-        worse = {n: (gap(n), p(n, 2048, "full")) for n in abl}
-        holds = all(abs(g) > abs(gaps["ssa"]) or f > p("ssa", 2048, "full") for g, f in worse.values())
-        out.append(
-            (
-                "6. removing either alignment direction widens the gap or worsens full-mode ppl",
-                holds,
-                "; ".join(f"{n}: gap {100 * g:+.1f} %, full ppl {f:.2f}" for n, (g, f) in worse.items())
-                + f"; ssa: gap {100 * gaps['ssa']:+.1f} %, full ppl {p('ssa', 2048, 'full'):.2f}",
-            )
-        )
+            MAIN,
+            ("ppl",),
+            fifth,
+        ),
+        (
+            "6. removing either alignment direction widens the gap or worsens full-mode ppl",
+            ("ssa", "no-fs", "no-sf"),
+            ("ppl",),
+            sixth,
+        ),
+    ]
     lines = ["| claim (paper) | at 40M / 2K | the numbers |", "|---|---|---|"]
-    lines += [f"| {c} | {'holds' if h else '**does not hold**'} | {n} |" for c, h, n in out]
+    for claim, roles, evals, check in claims:
+        lacking = [f"{r} {e}" for r in roles for e in evals if e not in members.get(r, {}).get("eval", {})]
+        if lacking:
+            lines.append(f"| {claim} | not measured | no {', '.join(lacking)} |")
+        else:
+            holds, numbers = check()
+            lines.append(f"| {claim} | {'holds' if holds else '**does not hold**'} | {numbers} |")
     return "\n".join(lines)
 
 
-def plot_losses(runs: dict[str, dict], stability: Path, path: Path) -> None:
+def plot_losses(name: str, members: Set, path: Path) -> None:
+    """Training cross-entropy of a set's runs and the alignment term of those that train both modes."""
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
-    for name, run in runs.items():
+    for role, run in members.items():
         rows = [r for r in run["metrics"] if "ce" in r]
-        axes[0].plot([r["step"] for r in rows], [r["ce"] for r in rows], label=name, lw=1)
-    axes[0].set(xlabel="step (65,536 tokens each)", ylabel="training cross-entropy", title="replication runs")
-    for f in sorted(stability.glob("*.metrics.jsonl")):
-        rows = [r for r in read_jsonl(f) if "align" in r]
-        axes[1].semilogy(
-            [r["step"] for r in rows], [r["align"] for r in rows], label=f.name.split(".metrics")[0]
-        )
-    for name in ("ssa", "ssa_align-no-fs", "ssa_align-no-sf", "ssa_full_ratio-0.25"):
-        if name in runs:
-            rows = [r for r in runs[name]["metrics"] if "align" in r]
+        axes[0].plot([r["step"] for r in rows], [r["ce"] for r in rows], label=f"{role}: {run['name']}", lw=1)
+        rows = [r for r in run["metrics"] if r.get("align", 0) > 0]
+        if rows:
             axes[1].semilogy(
-                [r["step"] for r in rows], [r["align"] for r in rows], ":", label=f"{name} (sweep)"
+                [r["step"] for r in rows], [r["align"] for r in rows], label=f"{role}: {run['name']}"
             )
+    axes[0].set(xlabel="step (65,536 tokens each)", ylabel="training cross-entropy", title=f"runs at {name}")
+    axes[1].set(xlabel="step", ylabel="alignment D(a_full, a_sparse)", title=f"alignment term at {name}")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_stability(stability: Path, path: Path) -> None:
+    """Training cross-entropy and alignment term of the side-by-side stability runs."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    for f in sorted(stability.glob("*.metrics.jsonl")):
+        rows, label = read_jsonl(f), f.name.split(".metrics")[0]
+        ce = [r for r in rows if "ce" in r]
+        axes[0].plot([r["step"] for r in ce], [r["ce"] for r in ce], label=label, lw=1)
+        align = [r for r in rows if "align" in r]
+        axes[1].semilogy([r["step"] for r in align], [r["align"] for r in align], label=label)
+    axes[0].set(xlabel="step (65,536 tokens each)", ylabel="training cross-entropy", title="stability runs")
     axes[1].set(xlabel="step", ylabel="alignment D(a_full, a_sparse)", title="alignment term")
     for ax in axes:
         ax.grid(alpha=0.3)
@@ -230,23 +311,26 @@ def plot_losses(runs: dict[str, dict], stability: Path, path: Path) -> None:
     plt.close(fig)
 
 
-def plot_budget(runs: dict[str, dict], path: Path) -> None:
+def plot_budget(name: str, members: Set, path: Path) -> None:
+    """Budget curve at 2K and perplexity by length of the set's evaluated full, sparse and ssa runs."""
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
-    for name, run in runs.items():
-        p = run["eval"]["ppl"]
+    for role in MAIN:
+        if "ppl" not in members.get(role, {}).get("eval", {}):
+            continue
+        p = members[role]["eval"]["ppl"]
         pts = sorted(
             (r["block_count"], r["ppl"])
             for r in p["results"]
             if r["mode"] == "sparse" and r["length"] == 2048
         )
-        axes[0].plot(*zip(*pts, strict=True), marker="o", label=name)
+        axes[0].plot(*zip(*pts, strict=True), marker="o", label=role)
         lengths = sorted({r["length"] for r in p["results"]})
         for mode, style in (("full", "-"), ("sparse", "--")):
             axes[1].plot(
-                lengths, [ppl(p, n, mode) for n in lengths], style, marker=".", label=f"{name} {mode}"
+                lengths, [ppl(p, n, mode) for n in lengths], style, marker=".", label=f"{role} {mode}"
             )
     axes[0].set(xscale="log", yscale="log", xlabel="block_count K (× 16 tokens)", ylabel="ppl at 2K",
-                title="sparse budget")  # fmt: skip
+                title=f"sparse budget at {name}")  # fmt: skip
     axes[1].set(xscale="log", yscale="log", xlabel="context length (trained at 2,048)", ylabel="ppl",
                 title="beyond the training length (RoPE as trained)")  # fmt: skip
     for ax in axes:
@@ -260,18 +344,28 @@ def plot_budget(runs: dict[str, dict], path: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("results", type=Path, help="results folder (runs/, eval/, sweep_run.txt, stability/)")
+    ap.add_argument("--sets", type=Path, help="the sets of runs to report (default: RESULTS/sets.yaml)")
     ap.add_argument("--doc", type=Path, default=Path("docs/RESULTS.md"), help="default: %(default)s")
     ap.add_argument("--img", type=Path, default=Path("docs/img"), help="default: %(default)s")
     args = ap.parse_args(argv)
     runs = load(args.results)
-    main_runs = {n: runs[n] for n in MAIN if n in runs}
-    plot_losses(runs, args.results / "stability", args.img / "repl-loss.png")
-    plot_budget(main_runs, args.img / "repl-budget.png")
-    tables = {"main": main_table(runs), "budget": budget_table(runs), "layers": layer_table(main_runs),
-              "orderings": orderings(runs)}  # fmt: skip
-    regions = {name: f"\n{table}\n" for name, table in tables.items()}
-    args.doc.write_text(doc_regions.rewrite(args.doc.read_text(), "results", regions))
-    print(orderings(runs))
+    try:
+        sets = read_sets(args.sets or args.results / "sets.yaml", runs)
+        regions = {}
+        for name, members in sets.items():
+            plot_losses(name, members, args.img / f"repl-loss-{name}.png")
+            plot_budget(name, members, args.img / f"repl-budget-{name}.png")
+            tables = {"main": main_table(members), "budget": budget_table(members),
+                      "layers": layer_table(members), "orderings": orderings(members)}  # fmt: skip
+            regions |= {f"{table}-{name}": f"\n{text}\n" for table, text in tables.items()}
+            print(f"{name}:\n{tables['orderings']}")
+        plot_stability(args.results / "stability", args.img / "repl-stability.png")
+        args.doc.write_text(doc_regions.rewrite(args.doc.read_text(), "results", regions))
+    except ValueError as e:
+        ap.error(str(e))
+    unreported = sorted(set(runs) - {run["name"] for members in sets.values() for run in members.values()})
+    if unreported:
+        print(f"runs in no set: {' '.join(unreported)}")
 
 
 if __name__ == "__main__":
