@@ -109,5 +109,7 @@ def test_split_and_memory_report_leave_no_graph_behind(bench_train):
         return sum(torch.is_tensor(o) and o.grad_fn is not None for o in gc.get_objects())
 
     before = graph_tensors()
-    bench_train.run_variant(bench_train.parse_args([*TINY, "--split", "--memory"]), "ssa", {}, lambda row: None)
+    bench_train.run_variant(
+        bench_train.parse_args([*TINY, "--split", "--memory"]), "ssa", {}, lambda row: None
+    )
     assert graph_tensors() == before
