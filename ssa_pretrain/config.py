@@ -120,10 +120,11 @@ class ParallelConfig(Section):
     """Tensor-parallel size (heads and MLP columns are sharded)."""
     cp: int = Field(default=1, ge=1)
     """Context-parallel size (the sequence is sharded)."""
-    cp_comm: Literal["ring", "allgather"] = "ring"
-    """How context-parallel attention reaches the other ranks' keys/values: `ring` (point-to-point shifts
-    overlapped with compute) or `allgather` (one all-gather serving both SSA branches, dK/dV reduce-scattered;
-    small with GQA). Megatron-Core calls this choice `cp_comm_type`."""
+    cp_comm: Literal["ring", "allgather"] = "allgather"
+    """How context-parallel attention reaches the other ranks' keys/values: `allgather` (one all-gather
+    serving both SSA branches, dK/dV reduce-scattered; small with GQA) or `ring` (point-to-point shifts
+    overlapped with compute). The default is the faster one in the one-GPU rank simulation at every CP size
+    and length measured (docs/PERFORMANCE.md). Megatron-Core calls this choice `cp_comm_type`."""
     sequence_parallel: bool = False
     """Megatron sequence parallelism: outside attention and MLP (norms, residual stream, embedding output)
     each tensor-parallel rank holds 1/tp of the tokens; saves activation memory; needs `tp` > 1."""

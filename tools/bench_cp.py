@@ -470,7 +470,7 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument("--native-rotate", choices=["allgather", "alltoall"], default="allgather")
     parser.add_argument(
-        "--cp-comm", nargs="+", choices=CP_COMM, default=["ring"],
+        "--cp-comm", nargs="+", choices=CP_COMM, default=["allgather"],
         help="our CP ops' communication (simulation: each in turn; a real run: the first)",
     )  # fmt: skip
     parser.add_argument(

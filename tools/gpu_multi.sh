@@ -6,8 +6,8 @@
 #     (2 GPUs: TP2, CP2 full and sparse; 4: + CP4, TP2xCP2, DP2xCP2; 8: + CP8, DP2xTP2xCP2); the numbers of
 #     every case -> OUT/grad_errors.jsonl, pytest's output -> OUT/logs/grads.log;
 # (b) tools/bench_cp.py on 2 GPUs at 64K and 128K -> OUT/bench_cp.jsonl, one line per length with every field:
-#     our full / SSA ring vs one GPU, PyTorch's native context_parallel ring for full causal attention vs its
-#     1-GPU SDPA (cuDNN, else flash; its error in native_error if neither runs), peak memory per rank of
+#     our full / SSA CP ops vs one GPU (the default all-gather, then the ring: bench_cp_2_ring), PyTorch's
+#     native context_parallel ring for full causal attention vs its 1-GPU SDPA (cuDNN, else flash; its error in native_error if neither runs), peak memory per rank of
 #     each op, exposed communication / overlap of each ring from one profiled iteration (estimated ~80 s,
 #     unmeasured: capped at 130 s; each length's line is written as soon as it is measured);
 # (c) tools/bench_scaling.py as slurm/scaling.sh runs it (1B model, 32K, train.recompute=full, 1 warm-up + 3
@@ -65,8 +65,11 @@ SSA_GRAD_REPORT=$OUT/grad_errors.jsonl SSA_GRAD_TIMEOUT=$grad_max \
 
 # ------------------------------------------------------ (b) one layer's SSA attention, 1 GPU vs CP on 2
 # shellcheck disable=SC2086  # lists
-part bench_cp_2 130 210 $TORCHRUN --nproc-per-node 2 tools/bench_cp.py --seqlens $CP_SEQLENS \
-    --out "$OUT/bench_cp.jsonl"
+part bench_cp_2 130 270 $TORCHRUN --nproc-per-node 2 tools/bench_cp.py --seqlens $CP_SEQLENS \
+    --cp-comm allgather --out "$OUT/bench_cp.jsonl"
+# shellcheck disable=SC2086
+part bench_cp_2_ring 60 210 $TORCHRUN --nproc-per-node 2 tools/bench_cp.py --seqlens $CP_SEQLENS \
+    --cp-comm ring --out "$OUT/bench_cp.jsonl"
 
 # -------------------------------------------------- (c) training steps: 1 GPU, then cp and tp2-cp on 2
 # CUDA_DEVICE_MAX_CONNECTIONS=1 as slurm/scaling.sh and slurm/pretrain.sh run the trainer.
@@ -83,7 +86,7 @@ CUDA_DEVICE_MAX_CONNECTIONS=1 part scaling_tp2-cp_2 100 10 $TORCHRUN --nproc-per
 if [ "$GPUS" -gt 2 ]; then
     # shellcheck disable=SC2086
     part "bench_cp_$GPUS" 120 10 $TORCHRUN --nproc-per-node "$GPUS" tools/bench_cp.py --seqlens $CP_SEQLENS \
-        --out "$OUT/bench_cp.jsonl"
+        --cp-comm allgather --out "$OUT/bench_cp.jsonl"
     for layout in cp tp2-cp dp2-cp; do
         # shellcheck disable=SC2086
         CUDA_DEVICE_MAX_CONNECTIONS=1 part "scaling_${layout}_$GPUS" 100 10 $TORCHRUN --nproc-per-node "$GPUS" \

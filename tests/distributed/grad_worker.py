@@ -29,11 +29,11 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 LAYOUTS = {  # case id -> (processes, layout options, attention mode); DP = processes / (TP x CP)
     "tp2-sparse": (2, ["--tp", "2"], "sparse"),
-    "cp2-full": (2, ["--cp", "2"], "full"),
-    "cp2-sparse": (2, ["--cp", "2"], "sparse"),
+    "cp2-full": (2, ["--cp", "2"], "full"),  # the default `parallel.cp_comm`, allgather
+    "cp2-sparse-ring": (2, ["--cp", "2", "parallel.cp_comm=ring"], "sparse"),
     "cp2-sparse-allgather": (2, ["--cp", "2", "parallel.cp_comm=allgather"], "sparse"),
-    "cp4-sparse": (4, ["--cp", "4"], "sparse"),
-    "tp2xcp2-full": (4, ["--tp", "2", "--cp", "2"], "full"),
+    "cp4-sparse-ring": (4, ["--cp", "4", "parallel.cp_comm=ring"], "sparse"),
+    "tp2xcp2-full-ring": (4, ["--tp", "2", "--cp", "2", "parallel.cp_comm=ring"], "full"),
     "dp2xcp2-sparse": (4, ["--cp", "2"], "sparse"),
     "cp8-sparse": (8, ["--cp", "8"], "sparse"),
     "dp2xtp2xcp2-sparse": (8, ["--tp", "2", "--cp", "2"], "sparse"),

@@ -125,15 +125,15 @@ SSA_FULL, SSA_SPARSE = ("ssa.full_ratio=1.0",), ("ssa.full_ratio=0.0",)
         (2, ["parallel.cp=2"], SSA_FULL),
         (2, ["parallel.cp=2"], ("ssa.variant=sparse",)),
         (2, ["parallel.cp=2"], ("ssa.variant=full",)),
-        (4, ["parallel.cp=4"], SSA_SPARSE),
-        (4, ["parallel.tp=2", "parallel.cp=2"], SSA_FULL),
+        (4, ["parallel.cp=4", "parallel.cp_comm=ring"], SSA_SPARSE),
+        (4, ["parallel.tp=2", "parallel.cp=2", "parallel.cp_comm=ring"], SSA_FULL),
         (4, ["parallel.cp=2"], SSA_SPARSE),  # DP=2 x CP=2
         (2, ["parallel.tp=2", "parallel.sequence_parallel=true"], SSA_SPARSE),
         (4, ["parallel.tp=2", "parallel.cp=2", "parallel.sequence_parallel=true"], SSA_FULL),
     ],
     ids=[
         "dp2-ssa-sparse", "dp2-ssa-full", "dp2-zero2", "tp2-ssa-sparse", "tp2-ssa-full", "cp2-ssa-sparse",
-        "cp2-ssa-full", "cp2-sparse-only", "cp2-full-only", "cp4-ssa-sparse", "tp2xcp2-ssa-full",
+        "cp2-ssa-full", "cp2-sparse-only", "cp2-full-only", "cp4-ring-ssa-sparse", "tp2xcp2-ring-ssa-full",
         "dp2xcp2-ssa-sparse", "tp2-sp-ssa-sparse", "tp2xcp2-sp-ssa-full",
     ],
 )  # fmt: skip
@@ -141,10 +141,10 @@ def test_parallel_layouts_equal_one_process(single_process_run, tiny_data, tmp_p
     """The same global batch on several ranks as on one: data parallel (micro 2 without accumulation vs micro
     2 with two accumulation steps), tensor parallel (heads and MLP sharded; with sequence parallelism the
     norms and residual stream split by tokens too, so the norm-weight gradients must be summed over TP),
-    context parallel (the sequence sharded in the load-balanced layout; ring attention) and their products
-    give the losses, alignment
-    losses, gradient norms and validation losses of one process. With full_ratio 0 / 1 every micro-step has
-    the same mode in every layout; in `ssa` both branches and the alignment loss run each step."""
+    context parallel (the sequence sharded in the load-balanced layout; keys/values all-gathered by default,
+    the ring where a case says so) and their products give the losses, alignment losses, gradient norms and
+    validation losses of one process. With full_ratio 0 / 1 every micro-step has the same mode in every
+    layout; in `ssa` both branches and the alignment loss run each step."""
     common = ("train.steps=4", *method)
     one = single_process_run(*common)
     run(tmp_path / "many", tiny_data, *common, *layout, nproc=nproc)
