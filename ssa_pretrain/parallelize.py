@@ -15,9 +15,8 @@ itself lives in `ssa_pretrain.parallel`.
 4. Context parallel: `parallel.cp_comm` travels to `SSACoreAttention` as Megatron's `cp_comm_type`; the core
    attention takes its CP group from Megatron (`core_attention_groups`); each CP rank trains on chunks `r` and
    `2cp-1-r` of every sequence (`context_parallel_share`), at the global positions Megatron's RoPE takes.
-5. ZeRO: the DeepSpeed engine (stage 1 or 2) reduces gradients over data parallel × context parallel
-   (`MegatronMPU`): CP ranks hold different tokens of the same sequences, so their gradients add up like
-   those of data-parallel ranks (`build_engine`).
+5. ZeRO: the DeepSpeed engine (stage 1 or 2, `build_engine`) reduces gradients over data parallel × context
+   parallel (`MegatronMPU`).
 """
 
 from __future__ import annotations
@@ -36,7 +35,9 @@ from ssa_pretrain.parallel import CP_COMM, split_sequence
 from ssa_pretrain.parallel.context import CpComm
 
 if TYPE_CHECKING:
+    from deepspeed import DeepSpeedEngine
     from megatron.core.models.gpt import GPTModel
+    from megatron.core.process_groups_config import ProcessGroupCollection
 
 
 def transformer_parallel_config(cfg: Config) -> dict[str, Any]:
@@ -56,7 +57,7 @@ def transformer_parallel_config(cfg: Config) -> dict[str, Any]:
     )
 
 
-def parallelize(cfg: Config, model: GPTModel, dp: int, bf16: bool):
+def parallelize(cfg: Config, model: GPTModel, dp: int, bf16: bool) -> DeepSpeedEngine:
     """The DeepSpeed engine that trains `model` (built by `build_model`) on its layout.
 
     `dp` is the data-parallel size without CP (gradient accumulation); `bf16` DeepSpeed's bf16 mode."""
@@ -138,7 +139,7 @@ def cp_comm_from_megatron(cp_comm_type: str | None) -> CpComm:
     return by_megatron[cp_comm_type]  # type: ignore[return-value]
 
 
-def core_attention_groups(pg_collection) -> tuple[int, dist.ProcessGroup]:
+def core_attention_groups(pg_collection: ProcessGroupCollection | None) -> tuple[int, dist.ProcessGroup]:
     """(TP size, CP group) of a core attention: from Megatron's `pg_collection` when Megatron builds the
     layer, else Megatron's global groups (a core attention built on its own)."""
     if pg_collection is not None:
@@ -216,7 +217,7 @@ def deepspeed_config(cfg: Config, dp: int, bf16: bool) -> dict[str, Any]:
     return ds
 
 
-def build_engine(cfg: Config, model: torch.nn.Module, dp: int, bf16: bool):
+def build_engine(cfg: Config, model: torch.nn.Module, dp: int, bf16: bool) -> DeepSpeedEngine:
     """The DeepSpeed engine around `model`: torch AdamW + warm-up/cosine schedule, ZeRO over data parallel."""
     import deepspeed  # after the CPU shims: DeepSpeed picks its accelerator at import
 
