@@ -80,18 +80,3 @@ def install() -> None:
     rope_utils.get_pos_emb_on_this_cp_rank = _pos_emb_on_this_cp_rank
     rotary_pos_embedding.get_pos_emb_on_this_cp_rank = _pos_emb_on_this_cp_rank  # its imported copy
     install.done = True
-
-
-def seed_model_parallel_rng(seed: int) -> None:
-    """Megatron's `model_parallel_cuda_manual_seed` (distinct streams per TP rank), on CPU or CUDA."""
-    if torch.cuda.is_available():
-        mc_random.model_parallel_cuda_manual_seed(seed)
-        return
-    from megatron.core import parallel_state
-
-    tracker = mc_random.get_cuda_rng_tracker()
-    tracker.reset()
-    tracker.add(
-        mc_random._MODEL_PARALLEL_RNG_TRACKER_NAME,
-        seed + 2718 + parallel_state.get_tensor_model_parallel_rank(),
-    )

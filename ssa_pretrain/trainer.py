@@ -26,7 +26,7 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 
 from ssa_pretrain import checkpoint, cpu_shims
-from ssa_pretrain.config import Config, ConfigError, read_deepspeed_json
+from ssa_pretrain.config import Config, ConfigError
 from ssa_pretrain.data.loader import ShardLoader, iter_validation
 from ssa_pretrain.data.manifest import manifest_digest
 from ssa_pretrain.data.tokenizer import Tokenizer
@@ -49,8 +49,8 @@ from ssa_pretrain.model.gpt import (
     set_attention_mode,
 )
 from ssa_pretrain.model.modes import Mode, choose_mode
-from ssa_pretrain.optim import apply_hyperparameters, build_optimizer, build_scheduler
-from ssa_pretrain.parallel import split_sequence
+from ssa_pretrain.optim import apply_hyperparameters
+from ssa_pretrain.parallelize import context_parallel_share, parallelize, seed_model_parallel_rng
 
 
 class TrainingError(RuntimeError):
@@ -67,80 +67,6 @@ class NaNGradient(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         return grad * float("nan")
-
-
-class MegatronMPU:
-    """The model-parallel view DeepSpeed expects (`mpu=`), backed by Megatron's parallel_state.
-
-    Gradients are reduced over data parallel x context parallel: CP ranks hold different tokens of the
-    same sequences, so their gradients add up like those of data-parallel ranks.
-    """
-
-    get_model_parallel_rank = staticmethod(parallel_state.get_tensor_model_parallel_rank)
-    get_model_parallel_world_size = staticmethod(parallel_state.get_tensor_model_parallel_world_size)
-    get_model_parallel_group = staticmethod(parallel_state.get_tensor_model_parallel_group)
-
-    @staticmethod
-    def get_data_parallel_group():
-        return parallel_state.get_data_parallel_group(with_context_parallel=True)
-
-    @staticmethod
-    def get_data_parallel_rank() -> int:
-        return parallel_state.get_data_parallel_rank(with_context_parallel=True)
-
-    @staticmethod
-    def get_data_parallel_world_size() -> int:
-        return parallel_state.get_data_parallel_world_size(with_context_parallel=True)
-
-
-def deepspeed_config(cfg: Config, dp: int, bf16: bool) -> dict[str, Any]:
-    """The DeepSpeed JSON of `train.deepspeed_config` with its "auto" values filled from our config."""
-    path, ds = cfg.train.deepspeed_config, read_deepspeed_json(cfg.train)
-    train = cfg.train
-    auto = {
-        # DeepSpeed's data-parallel group is DP x CP and it counts a micro-batch on every rank of it.
-        "train_batch_size": train.global_batch_size * cfg.parallel.cp,
-        "train_micro_batch_size_per_gpu": train.micro_batch_size,
-        "gradient_accumulation_steps": train.global_batch_size // (train.micro_batch_size * dp),
-        "gradient_clipping": train.grad_clip,
-    }
-    for key, value in auto.items():
-        if ds.get(key, "auto") == "auto":
-            ds[key] = value
-        elif ds[key] != value:
-            raise ConfigError(
-                f'{path}: {key}={ds[key]} contradicts the run config ({value}); set it to "auto"'
-            )
-    ds.setdefault("bf16", {})
-    if ds["bf16"].get("enabled", "auto") == "auto":
-        ds["bf16"]["enabled"] = bf16
-    zero = ds.get("zero_optimization", {})
-    stage = zero.get("stage", 0)
-    if stage not in (1, 2):
-        raise ConfigError(f"{path}: zero_optimization.stage={stage}; ssa-pretrain uses ZeRO stage 1 or 2")
-    if ds["bf16"].get("check_grad_overflow") is False or zero.get("compute_grad_norm") is False:
-        raise ConfigError(  # without them DeepSpeed applies an update with non-finite gradients
-            f"{path}: bf16.check_grad_overflow and zero_optimization.compute_grad_norm must stay true "
-            "(a non-finite gradient norm then skips the update)"
-        )
-    return ds
-
-
-def build_engine(cfg: Config, model: torch.nn.Module, dp: int, bf16: bool):
-    """The DeepSpeed engine around `model`: torch AdamW + warm-up/cosine schedule, ZeRO over data parallel."""
-    import deepspeed  # after the CPU shims: DeepSpeed picks its accelerator at import
-
-    optimizer = build_optimizer(model, cfg.train)
-    engine, *_ = deepspeed.initialize(
-        model=model,
-        optimizer=optimizer,
-        lr_scheduler=build_scheduler(optimizer, cfg.train),
-        config=deepspeed_config(cfg, dp, bf16),
-        mpu=MegatronMPU(),
-        dist_init_required=False,
-    )
-    checkpoint.use_safe_checkpoint_files(engine)
-    return engine
 
 
 class Trainer:
@@ -199,11 +125,11 @@ class Trainer:
         resume = self._resume_point(allow_config_change)  # refused before the model is built
 
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
-        cpu_shims.seed_model_parallel_rng(cfg.train.seed)
+        seed_model_parallel_rng(cfg.train.seed)
         model = build_model(cfg, self.vocab_size)
         padded = padded_vocab_size(self.vocab_size, cfg.model, 1)
         self.num_params = count_parameters(cfg.model, padded, cfg.ssa.output_gate)  # the whole model, for MFU
-        self.engine = build_engine(cfg, model, self.dp, self.bf16)
+        self.engine = parallelize(cfg, model, self.dp, self.bf16)
         self.model = self.engine.module
         self._prepare_run_dir(resume)
         self.logger = MetricsLogger(self.run_dir, cfg, cfg.train.steps, self.step, enabled=self.is_main)
@@ -371,11 +297,7 @@ class Trainer:
     def _cross_entropy(self, tokens: torch.Tensor) -> torch.Tensor:
         """Mean next-token cross-entropy of a `[batch, seq_len + 1]` token batch (inputs / labels shifted)."""
         tokens = tokens.to(self.dist.device, non_blocking=True)
-        inputs, labels = tokens[:, :-1], tokens[:, 1:]
-        cp = self.cfg.parallel.cp
-        if cp > 1:  # this rank's share of the sequence: chunks r and 2cp-1-r (RoPE takes the same positions)
-            rank = parallel_state.get_context_parallel_rank()
-            inputs, labels = (split_sequence(x, rank, cp, dim=1) for x in (inputs, labels))
+        inputs, labels = context_parallel_share(tokens[:, :-1], tokens[:, 1:])  # this CP rank's share
         return self.engine(inputs, None, None, labels=labels).float().mean()
 
     def _mean_over_ranks(self, *values: torch.Tensor) -> list[float]:

@@ -23,6 +23,7 @@ def megatron_world(tmp_path_factory):
     from megatron.core import parallel_state
 
     from ssa_pretrain import cpu_shims
+    from ssa_pretrain.parallelize import seed_model_parallel_rng
 
     if not dist.is_initialized():
         store = tmp_path_factory.mktemp("pg") / "store"
@@ -30,7 +31,7 @@ def megatron_world(tmp_path_factory):
     if not parallel_state.model_parallel_is_initialized():
         parallel_state.initialize_model_parallel(1, 1)
     cpu_shims.install()
-    cpu_shims.seed_model_parallel_rng(1234)
+    seed_model_parallel_rng(1234)
     yield
 
 

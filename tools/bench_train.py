@@ -70,7 +70,7 @@ from ssa_pretrain.model.alignment import AttachAuxLoss
 from ssa_pretrain.model.gpt import build_model, set_attention_mode
 from ssa_pretrain.model.head import use_fused_cross_entropy
 from ssa_pretrain.model.modes import choose_mode
-from ssa_pretrain.trainer import build_engine
+from ssa_pretrain.parallelize import parallelize, seed_model_parallel_rng
 
 VARIANTS = ("anchor", "full", "sparse", "ssa")
 GIB, MIB = 2**30, 2**20
@@ -503,7 +503,7 @@ def run_variant(args: argparse.Namespace, variant: str, common: dict, emit: Call
         use_fused_cross_entropy(model)
     elif args.cross_entropy == "megatron_fused":  # read at every loss: setting it after the build is enough
         model.config.cross_entropy_loss_fusion, model.config.cross_entropy_fusion_impl = True, "native"
-    engine = build_engine(cfg, model, dp=1, bf16=torch.cuda.is_available())
+    engine = parallelize(cfg, model, dp=1, bf16=torch.cuda.is_available())
     AttachAuxLoss.set_grad_scale(1.0)
     failed_at = None
     try:
@@ -593,7 +593,7 @@ def main() -> None:
     args = parse_args()
     init_distributed()
     cpu_shims.install()
-    cpu_shims.seed_model_parallel_rng(0)
+    seed_model_parallel_rng(0)
     common = run_info(args.model)
 
     def emit(row: dict) -> None:

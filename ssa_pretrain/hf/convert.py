@@ -323,9 +323,11 @@ def convert(
         vocab_size = int(meta["vocab_size"])
     except Exception as err:
         raise CheckpointError(f"{ckpt / 'meta.json'}: no usable config / vocab_size ({err})") from err
+    from ssa_pretrain import cpu_shims
     from ssa_pretrain.model import layout
     from ssa_pretrain.model.gpt import padded_vocab_size
 
+    cpu_shims.install()  # `verify` runs the training model (Megatron), on CPU too
     state = gather_tensor_parallel(load_shards(ckpt, cfg.parallel.tp))
     check_shapes(state, cfg, padded_vocab_size(vocab_size, cfg.model, cfg.parallel.tp), ckpt)
     dtype = state["decoder.final_layernorm.weight"].dtype

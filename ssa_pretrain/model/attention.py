@@ -19,7 +19,6 @@ import dataclasses
 from dataclasses import dataclass
 
 import torch
-from megatron.core import parallel_state
 from megatron.core.tensor_parallel import ColumnParallelLinear
 from megatron.core.transformer import TransformerConfig
 from megatron.core.transformer.attention import SelfAttention
@@ -33,8 +32,8 @@ from ssa_pretrain.parallel import (
     context_parallel_full_attention,
     context_parallel_sparse_attention,
     context_parallel_ssa_attention,
-    cp_comm_from_megatron,
 )
+from ssa_pretrain.parallelize import core_attention_groups, cp_comm_from_megatron
 
 
 @dataclass
@@ -76,14 +75,7 @@ class SSACoreAttention(MegatronModule):
         self.ssa: SSAConfig = config.ssa
         self.layer_number = layer_number
         self.softmax_scale = softmax_scale
-        tp = (
-            pg_collection.tp.size()
-            if pg_collection is not None
-            else parallel_state.get_tensor_model_parallel_world_size()
-        )
-        self.cp_group = (
-            pg_collection.cp if pg_collection is not None else parallel_state.get_context_parallel_group()
-        )
+        tp, self.cp_group = core_attention_groups(pg_collection)
         self.cp_comm = cp_comm_from_megatron(cp_comm_type)  # parallel.cp_comm, through Megatron
         # Each TP rank holds 1/tp of the heads; the global alignment loss is the mean over ranks.
         self.aux_weight = self.ssa.alpha / (config.num_layers * tp)

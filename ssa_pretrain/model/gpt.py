@@ -1,6 +1,8 @@
 """Build the Megatron-Core GPT with SSA attention from our config, and drive its attention mode.
 
-Requires `megatron.core.parallel_state` to be initialised (see `ssa_pretrain.distributed`).
+Requires `megatron.core.parallel_state` to be initialised (see `ssa_pretrain.distributed`) and, on CPU, the
+shims installed (`cpu_shims.install()`, which the entry points call). The parallel layout's fields come from
+`ssa_pretrain.parallelize`, which also wires a built model into training.
 """
 
 from __future__ import annotations
@@ -9,7 +11,6 @@ import contextlib
 import math
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from megatron.core import parallel_state
 from megatron.core.models.gpt import GPTModel
@@ -21,13 +22,7 @@ from ssa_pretrain.model import layout
 from ssa_pretrain.model.attention import SSACoreAttention, SSATransformerConfig
 from ssa_pretrain.model.modes import Mode
 from ssa_pretrain.model.spec import get_ssa_block_spec
-from ssa_pretrain.parallel import MEGATRON_CP_COMM
-
-_RECOMPUTE = {
-    "none": {},
-    "selective": dict(recompute_granularity="selective", recompute_modules=["core_attn"]),
-    "full": dict(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1),
-}
+from ssa_pretrain.parallelize import transformer_parallel_config
 
 
 def padded_vocab_size(vocab_size: int, model: ModelConfig, tp: int) -> int:
@@ -55,17 +50,11 @@ def transformer_config(cfg: Config, dtype: torch.dtype) -> SSATransformerConfig:
         hidden_dropout=0.0,
         attention_dropout=0.0,
         init_method_std=model.init_std,
-        tensor_model_parallel_size=cfg.parallel.tp,
-        context_parallel_size=cfg.parallel.cp,
-        cp_comm_type=MEGATRON_CP_COMM[cfg.parallel.cp_comm],  # handed to SSACoreAttention by Megatron
-        # A layout, not a model property: `ssa convert` rebuilds the model of a run at TP=1.
-        sequence_parallel=cfg.parallel.sequence_parallel and cfg.parallel.tp > 1,
-        use_cpu_initialization=True,  # identical weights for every TP size (the master weight is split)
         params_dtype=dtype,
         bf16=dtype == torch.bfloat16,
         attention_output_gate=cfg.ssa.output_gate,
         ssa=cfg.ssa,
-        **_RECOMPUTE[cfg.train.recompute],
+        **transformer_parallel_config(cfg),  # TP, SP, recompute, CP
         **device_flags,
     )
 
@@ -82,7 +71,6 @@ def build_model(
     `device` defaults to the current GPU (CPU without CUDA); `"meta"` builds shapes only (parameter counts).
     `block_spec` replaces the SSA decoder spec (`get_ssa_block_spec`), e.g. with a baseline's attention.
     """
-    cpu_shims.install()
     tp = parallel_state.get_tensor_model_parallel_world_size()
     if tp != cfg.parallel.tp:
         raise ValueError(f"parallel.tp={cfg.parallel.tp} but parallel_state was initialised with tp={tp}")
@@ -91,32 +79,7 @@ def build_model(
         model = _gpt(
             cfg, vocab_size, dtype, tp, block_spec or get_ssa_block_spec(cfg.ssa, cfg.model.num_layers)
         )
-    model = model.to(device)
-    if model.config.sequence_parallel:
-        sum_sequence_parallel_grads(model, parallel_state.get_tensor_model_parallel_group())
-    return model
-
-
-def sum_sequence_parallel_grads(model: torch.nn.Module, tp_group: dist.ProcessGroup) -> None:
-    """Make every gradient of a parameter marked `sequence_parallel` (the RMSNorm weights) the full one.
-
-    Under sequence parallelism each tensor-parallel rank runs the norms on its own slice of the tokens, so
-    the autograd gradient of a norm weight is a partial sum over that slice. Megatron sums them over TP in
-    `finalize_model_grads`, part of its own DDP path, which we do not use; DeepSpeed reduces over data
-    parallel only, and takes each gradient in a post-accumulation hook during backward. So the sum
-    happens here, in a hook that runs before accumulation: every rank accumulates the full gradient, as it
-    would without sequence parallelism, and DeepSpeed (reduction, norm, clipping, step) sees only full
-    gradients. One all-reduce of `hidden_size` values per norm per backward, summed in fp32.
-    """
-
-    def full_grad(grad: torch.Tensor) -> torch.Tensor:
-        total = grad.to(torch.float32, copy=True)
-        dist.all_reduce(total, group=tp_group)
-        return total.to(grad.dtype)
-
-    for param in model.parameters():
-        if getattr(param, "sequence_parallel", False):
-            param.register_hook(full_grad)
+    return model.to(device)
 
 
 def _gpt(

@@ -5,8 +5,8 @@ Megatron's local spec uses `WrappedTorchNorm`, which refuses `sequence_parallel`
 norms (apex `FusedLayerNorm`, TransformerEngine) are on neither of our machines. The math is the same with
 or without sequence parallelism (the norm is per token); what changes is the weight's gradient: each
 tensor-parallel rank normalises its own slice of the tokens, so its gradient is a partial sum. Like
-Megatron's norms, this one marks its weight `sequence_parallel`; `gpt.sum_sequence_parallel_grads` completes
-such gradients.
+Megatron's norms, this one marks its weight `sequence_parallel`;
+`parallelize.sum_sequence_parallel_grads` completes such gradients.
 """
 
 from __future__ import annotations

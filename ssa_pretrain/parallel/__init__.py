@@ -8,12 +8,10 @@ and the trainer call them (see `context.py` for the ring, `layout.py` for how to
 from .collectives import Ring, all_gather, all_gather_nograd, group_rank_size
 from .context import (
     CP_COMM,
-    MEGATRON_CP_COMM,
     context_parallel_full_attention,
     context_parallel_select_blocks,
     context_parallel_sparse_attention,
     context_parallel_ssa_attention,
-    cp_comm_from_megatron,
 )
 from .layout import (
     check_cp_seq_len,
@@ -26,7 +24,6 @@ from .layout import (
 
 __all__ = [
     "CP_COMM",
-    "MEGATRON_CP_COMM",
     "Ring",
     "all_gather",
     "all_gather_nograd",
@@ -36,7 +33,6 @@ __all__ = [
     "context_parallel_select_blocks",
     "context_parallel_sparse_attention",
     "context_parallel_ssa_attention",
-    "cp_comm_from_megatron",
     "gather_sequence",
     "global_positions",
     "group_rank_size",

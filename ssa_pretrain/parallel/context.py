@@ -54,7 +54,6 @@ from .layout import check_cp_seq_len, chunk_ids, split_sequence, unsplit_sequenc
 
 CpComm = Literal["ring", "allgather"]
 CP_COMM: tuple[CpComm, ...] = ("ring", "allgather")
-MEGATRON_CP_COMM: dict[str, str] = {"ring": "p2p", "allgather": "all_gather"}  # its `cp_comm_type` names
 Group = dist.ProcessGroup | Comm | None  # a process group (None: the default one), or a `Comm`
 
 # ---------------------------------------------------------------------------------------------- checks
@@ -71,19 +70,6 @@ def _check_inputs(
 def _check_comm(comm: str) -> None:
     if comm not in CP_COMM:
         raise ValueError(f"cp_comm must be one of {', '.join(CP_COMM)}; got {comm!r}")
-
-
-def cp_comm_from_megatron(cp_comm_type: str | None) -> CpComm:
-    """Our `comm` for Megatron-Core's `cp_comm_type` (`"p2p"` = ring, `"all_gather"`; None = ring)."""
-    by_megatron = {name: ours for ours, name in MEGATRON_CP_COMM.items()}
-    if cp_comm_type is None:
-        return "ring"
-    if cp_comm_type not in by_megatron:
-        raise ValueError(
-            f"SSA context parallelism supports cp_comm_type {' or '.join(by_megatron)}, got {cp_comm_type!r} "
-            f"(set parallel.cp_comm to {' or '.join(CP_COMM)})"
-        )
-    return by_megatron[cp_comm_type]  # type: ignore[return-value]
 
 
 # ------------------------------------------------------------------------------------------- selection

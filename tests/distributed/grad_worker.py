@@ -22,6 +22,7 @@ from ssa_pretrain.hf.convert import gather_tensor_parallel
 from ssa_pretrain.model.alignment import AttachAuxLoss
 from ssa_pretrain.model.gpt import alignment_per_layer, build_model, set_attention_mode
 from ssa_pretrain.parallel import split_sequence
+from ssa_pretrain.parallelize import seed_model_parallel_rng
 from tests.helpers import tiny_config
 
 VOCAB, BATCH, SEQ_LEN = 512, 4, 64  # 512: the same padded embedding for TP=1 and TP=2
@@ -69,7 +70,7 @@ def main() -> None:
     if args.backend == "nccl" and dist.get_backend() != "nccl":
         raise SystemExit(f"--backend nccl, but the process group is {dist.get_backend()}")
     cpu_shims.install()
-    cpu_shims.seed_model_parallel_rng(0)
+    seed_model_parallel_rng(0)
     cfg = tiny_config(
         f"parallel.tp={args.tp}", f"parallel.cp={args.cp}", f"data.seq_len={args.seq_len}", *args.overrides
     )

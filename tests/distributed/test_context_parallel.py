@@ -153,7 +153,7 @@ def test_cp_comm_option_reaches_megatron():
     """`parallel.cp_comm` becomes Megatron's `cp_comm_type`, which Megatron hands to `SSACoreAttention`;
     names SSA has no path for are refused with the choices."""
     from ssa_pretrain.model.gpt import transformer_config
-    from ssa_pretrain.parallel import cp_comm_from_megatron
+    from ssa_pretrain.parallelize import cp_comm_from_megatron
     from tests.helpers import tiny_config
 
     for ours, megatron in (("ring", "p2p"), ("allgather", "all_gather")):
