@@ -271,38 +271,17 @@ def orderings(members: Set) -> str:
     return "\n".join(lines)
 
 
-def plot_losses(name: str, members: Set, path: Path) -> None:
-    """Training cross-entropy of a set's runs and the alignment term of those that train both modes."""
+def plot_training(curves: list[tuple[str, list[dict[str, Any]]]], title: str, path: Path) -> None:
+    """Training cross-entropy of labelled metric rows, and the alignment term of those that log one."""
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
-    for role, run in members.items():
-        rows = [r for r in run["metrics"] if "ce" in r]
-        axes[0].plot([r["step"] for r in rows], [r["ce"] for r in rows], label=f"{role}: {run['name']}", lw=1)
-        rows = [r for r in run["metrics"] if r.get("align", 0) > 0]
-        if rows:
-            axes[1].semilogy(
-                [r["step"] for r in rows], [r["align"] for r in rows], label=f"{role}: {run['name']}"
-            )
-    axes[0].set(xlabel="step (65,536 tokens each)", ylabel="training cross-entropy", title=f"runs at {name}")
-    axes[1].set(xlabel="step", ylabel="alignment D(a_full, a_sparse)", title=f"alignment term at {name}")
-    for ax in axes:
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def plot_stability(stability: Path, path: Path) -> None:
-    """Training cross-entropy and alignment term of the side-by-side stability runs."""
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
-    for f in sorted(stability.glob("*.metrics.jsonl")):
-        rows, label = read_jsonl(f), f.name.split(".metrics")[0]
+    for label, rows in curves:
         ce = [r for r in rows if "ce" in r]
         axes[0].plot([r["step"] for r in ce], [r["ce"] for r in ce], label=label, lw=1)
-        align = [r for r in rows if "align" in r]
-        axes[1].semilogy([r["step"] for r in align], [r["align"] for r in align], label=label)
-    axes[0].set(xlabel="step (65,536 tokens each)", ylabel="training cross-entropy", title="stability runs")
-    axes[1].set(xlabel="step", ylabel="alignment D(a_full, a_sparse)", title="alignment term")
+        align = [r for r in rows if r.get("align", 0) > 0]
+        if align:
+            axes[1].semilogy([r["step"] for r in align], [r["align"] for r in align], label=label)
+    axes[0].set(xlabel="step (65,536 tokens each)", ylabel="training cross-entropy", title=title)
+    axes[1].set(xlabel="step", ylabel="alignment D(a_full, a_sparse)", title=f"alignment term, {title}")
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
@@ -353,13 +332,16 @@ def main(argv: list[str] | None = None) -> None:
         sets = read_sets(args.sets or args.results / "sets.yaml", runs)
         regions = {}
         for name, members in sets.items():
-            plot_losses(name, members, args.img / f"repl-loss-{name}.png")
+            curves = [(f"{role}: {run['name']}", run["metrics"]) for role, run in members.items()]
+            plot_training(curves, f"runs at {name}", args.img / f"repl-loss-{name}.png")
             plot_budget(name, members, args.img / f"repl-budget-{name}.png")
             tables = {"main": main_table(members), "budget": budget_table(members),
                       "layers": layer_table(members), "orderings": orderings(members)}  # fmt: skip
             regions |= {f"{table}-{name}": f"\n{text}\n" for table, text in tables.items()}
             print(f"{name}:\n{tables['orderings']}")
-        plot_stability(args.results / "stability", args.img / "repl-stability.png")
+        stability = sorted((args.results / "stability").glob("*.metrics.jsonl"))
+        curves = [(f.name.split(".metrics")[0], read_jsonl(f)) for f in stability]
+        plot_training(curves, "stability runs", args.img / "repl-stability.png")
         args.doc.write_text(doc_regions.rewrite(args.doc.read_text(), "results", regions))
     except ValueError as e:
         ap.error(str(e))
