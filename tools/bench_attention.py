@@ -3,6 +3,7 @@
     python tools/bench_attention.py                      # 8K/32K/64K/128K, batch x length = 65,536 tokens
     python tools/bench_attention.py --seqlens 8192 --append docs/perf/bench_attention.jsonl
     python tools/bench_attention.py --tune fwd dq --seqlens 65536  # sweep launch parameters (all: --tune)
+    python tools/bench_attention.py --alignment          # the alignment loss: Triton vs reference, fwd+bwd
     git archive REV kernels | tar -x -C /tmp/prev            # the kernels of another revision, then:
     python tools/bench_attention.py --baseline /tmp/prev/kernels --baseline-name REV
 
@@ -12,7 +13,8 @@ CUDA-event timings (`triton.testing.do_bench`). `sparse_fwd_bwd_ms` includes the
 is plain `F.scaled_dot_product_attention` restricted to the cuDNN backend, in the same process. With
 `--baseline`, the selection and sparse fwd+bwd of another copy of `ssa_kernels` (e.g. the previous revision's)
 are timed in the same process on the same inputs (`baseline_*` fields, and how many selection rows both give
-identically).
+identically). `--alignment` times `ssa_kernels.alignment_loss` instead, at one layer's branch outputs of the
+1B and the 40M model (`ALIGNMENT_SHAPES`), on both of its backends.
 """
 
 import argparse
@@ -32,6 +34,7 @@ import torch.nn.functional as F
 import triton
 from bench_info import git_commit
 from ssa_kernels import full_attention, select_blocks, sparse_attention
+from ssa_kernels.alignment_loss import AlignmentLoss
 from ssa_kernels.select_blocks.parallel import select_blocks_fwd
 from ssa_kernels.sparse_attention.parallel import sparse_attention_bwd, sparse_attention_fwd
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -164,6 +167,45 @@ TUNE_GRIDS = {
 """Launch parameters `--tune` sweeps, per kernel (the keyword arguments of its launcher)."""
 
 
+ALIGNMENT_SHAPES = {"1b-8k": (1, 8192, 32, 64), "40m-2k": (32, 2048, 8, 64)}
+"""One layer's attention output `[B, T, HQ, D]` (bf16): the 1B model at 8,192 tokens, micro-batch 1; the
+40M model at 2,048 tokens, micro-batch 32."""
+
+
+def alignment(name: str, shape: tuple[int, ...]) -> dict[str, object]:
+    """Fwd+bwd of the alignment loss (both weights 1) on bf16 branch outputs of `shape`: the Triton kernels
+    and the reference (fp32 copies, PyTorch ops) of `ssa_kernels.alignment_loss`; one JSON record.
+    `triton_gbps`: the bytes the kernels must move (each input read twice, both gradients written once) per
+    second of the Triton fwd+bwd."""
+    full = torch.randn(shape, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    sparse = (full.detach() + torch.randn_like(full)).requires_grad_()
+
+    def fwd_bwd(fast: bool) -> None:
+        loss, _ = AlignmentLoss.apply(full, sparse, 1.0, 1.0, fast)
+        torch.autograd.grad(loss, (full, sparse))
+
+    with torch.no_grad():
+        triton_fwd_ms = bench(lambda: AlignmentLoss.apply(full, sparse, 1.0, 1.0, True))
+    triton_ms = bench(lambda: fwd_bwd(True))
+    return {
+        "op": "alignment_loss",
+        "device": torch.cuda.get_device_name(),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "git": git_commit(),
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "shape_name": name,
+        "shape": list(shape),
+        "dtype": "bf16",
+        "reference_fwd_bwd_ms": bench(lambda: fwd_bwd(False)),
+        "reference_kernels_ms": kernel_times(lambda: fwd_bwd(False)),
+        "triton_fwd_bwd_ms": triton_ms,
+        "triton_fwd_ms": triton_fwd_ms,
+        "triton_kernels_ms": kernel_times(lambda: fwd_bwd(True)),
+        "triton_gbps": 6 * full.numel() * full.element_size() / triton_ms / 1e6,
+    }
+
+
 def tune(seq_len: int, kernels: list[str]) -> list[dict[str, object]]:
     """Time each kernel's launcher over its `TUNE_GRIDS` settings: the selection (also counting rows that
     change: near-ties flip with the score tile), the sparse forward, the backward (dq or dk/dv varied)."""
@@ -201,6 +243,28 @@ def tune(seq_len: int, kernels: list[str]) -> list[dict[str, object]]:
     return records
 
 
+def alignment_table(append: Path | None) -> None:
+    """Time the alignment loss at every `ALIGNMENT_SHAPES` entry: a JSON line each (appended to `append`
+    too), then a markdown table."""
+    records = []
+    for name, shape in ALIGNMENT_SHAPES.items():
+        records.append(alignment(name, shape))
+        torch.cuda.empty_cache()
+        print(json.dumps(records[-1]), flush=True)
+        if append:
+            with append.open("a") as f:
+                f.write(json.dumps(records[-1]) + "\n")
+    columns = ["shape_name", "reference_fwd_bwd_ms", "triton_fwd_bwd_ms", "triton_fwd_ms", "triton_gbps"]
+    print(f"\n{records[0]['device']}, alignment loss, bf16 [B, T, HQ, D], ms (median)")
+    print("| " + " | ".join(columns) + " |\n|" + "---|" * len(columns))
+    for record in records:
+        print(
+            "| "
+            + " | ".join(str(record[c]) if c == "shape_name" else f"{record[c]:.3f}" for c in columns)
+            + " |"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seqlens", type=int, nargs="+", default=[8192, 32768, 65536, 131072])
@@ -215,9 +279,15 @@ def main() -> None:
         "--baseline", type=Path, help="another copy of ssa_kernels (a kernels/ folder) to time"
     )
     parser.add_argument("--baseline-name", default="baseline", help="what the baseline is (e.g. its commit)")
+    parser.add_argument(
+        "--alignment", action="store_true", help="time the alignment loss at ALIGNMENT_SHAPES instead"
+    )
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("bench_attention needs a CUDA GPU")
+    if args.alignment:
+        alignment_table(args.append)
+        return
     if args.tune is not None:
         for seq_len in args.seqlens:
             tune(seq_len, args.tune or list(TUNE_GRIDS))

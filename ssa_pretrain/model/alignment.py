@@ -13,7 +13,7 @@ scaling DeepSpeed applies to the main loss.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
+from ssa_kernels import alignment_loss
 
 
 class AttachAuxLoss(torch.autograd.Function):
@@ -37,51 +37,13 @@ class AttachAuxLoss(torch.autograd.Function):
         AttachAuxLoss.grad_scale = scale
 
 
-class AlignmentLoss(torch.autograd.Function):
-    """`w_fs * D(a_full, sg(a_sparse)) + w_sf * D(sg(a_full), a_sparse)` and `D(a_full, a_sparse)`, fp32.
-
-    The same values and gradients as `F.smooth_l1_loss` on fp32 copies of the two outputs (the same aten
-    kernels, forward and backward), but the graph keeps only the two outputs in their own dtype (the
-    attention ops save them anyway) instead of two fp32 copies per layer; the backward recomputes the
-    copies.
-    """
-
-    @staticmethod
-    def forward(ctx, a_full, a_sparse, w_fs, w_sf):  # type: ignore[override]
-        """a_full, a_sparse `[B, T, H, D]` -> (loss, D) fp32 scalars; D has no gradient."""
-        value = F.smooth_l1_loss(a_full.float(), a_sparse.float())
-        ctx.save_for_backward(a_full, a_sparse)
-        ctx.weights = (w_fs, w_sf)
-        ctx.mark_non_differentiable(value)
-        return w_fs * value + w_sf * value, value
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_loss, _grad_value):  # type: ignore[override]
-        """grad_loss (fp32 scalar) -> the gradients of a_full and a_sparse, in their dtypes."""
-        a_full, a_sparse = ctx.saved_tensors
-        full, sparse = a_full.float(), a_sparse.float()
-        w_fs, w_sf = ctx.weights
-        mean = 1  # at::Reduction::Mean
-
-        def grad_of(x: torch.Tensor, other: torch.Tensor, weight: float) -> torch.Tensor:
-            """d weight * D(x, other) / d x: smooth_l1_loss's backward (D is symmetric)."""
-            return torch.ops.aten.smooth_l1_loss_backward(grad_loss * weight, x, other, mean, 1.0)
-
-        grad_full = grad_sparse = None
-        if w_fs and ctx.needs_input_grad[0]:
-            grad_full = grad_of(full, sparse, w_fs).to(a_full.dtype)
-        if w_sf and ctx.needs_input_grad[1]:
-            grad_sparse = grad_of(sparse, full, w_sf).to(a_sparse.dtype)
-        return grad_full, grad_sparse, None, None
-
-
 def alignment_terms(
     a_full: torch.Tensor, a_sparse: torch.Tensor, w_fs: float, w_sf: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(weighted loss to differentiate, D(a_full, a_sparse) detached for logging), both fp32 scalars.
 
     The two directions have the same value and differ only in where the gradient flows:
-    `w_fs` moves full attention towards sparse, `w_sf` sparse towards full.
+    `w_fs` moves full attention towards sparse, `w_sf` sparse towards full. `ssa_kernels.alignment_loss`:
+    one Triton pass forward and one backward on CUDA; its graph keeps only the two outputs.
     """
-    return AlignmentLoss.apply(a_full, a_sparse, w_fs, w_sf)
+    return alignment_loss(a_full, a_sparse, w_fs, w_sf)

@@ -140,6 +140,66 @@ def sparse_offset_case(start: int, rows: int, num_keys: int) -> None:
         assert_close(name, ref, out, 1e-5, 1e-5)
 
 
+# (name, shape, dtype, (w_fs, w_sf)): odd numel (one masked program), several programs (3 of 4096), each
+# input dtype, a zero weight on either side
+ALIGNMENT_CASES = {
+    "fp32-3x37x5-w0.5-2": ((3, 37, 5), torch.float32, (0.5, 2.0)),
+    "bf16-2x37x8x16-w1-1": ((2, 37, 8, 16), torch.bfloat16, (1.0, 1.0)),
+    "fp16-3x37x5-w0-1": ((3, 37, 5), torch.float16, (0.0, 1.0)),
+    "fp32-2x37x8x16-w2-0": ((2, 37, 8, 16), torch.float32, (2.0, 0.0)),
+}
+# the fp32 math of both is the same, in other orders only in the forward's sum: fp32 within 1e-6; 16-bit
+# gradients (the same fp32 value rounded once) within one unit in the last place of the input dtype, fp16's
+# subnormals within one step: dtype -> (atol, rtol)
+ALIGNMENT_TOLERANCES = {torch.float32: (0, 1e-6), torch.bfloat16: (0, 2**-7), torch.float16: (2**-24, 2**-10)}
+
+
+def alignment_case(shape: tuple[int, ...], dtype: torch.dtype, weights: tuple[float, float]) -> None:
+    """Triton alignment loss (public op, dispatched under the interpreter): loss, D and both gradients
+    (None for a zero weight) against the reference on the same inputs, the differences beyond beta = 1 for
+    about half of the elements; the same bits on a second run."""
+    from ssa_kernels import alignment_loss
+    from ssa_kernels.alignment_loss import naive_alignment_loss_bwd, naive_alignment_loss_fwd
+
+    full = torch.randn(shape).to(dtype)
+    sparse = (full.float() + 1.5 * torch.randn(shape)).to(dtype)
+    grad_loss = torch.tensor(0.7)
+    ref_value = naive_alignment_loss_fwd(full, sparse)
+    ref_loss = weights[0] * ref_value + weights[1] * ref_value
+    ref_grads = naive_alignment_loss_bwd(full, sparse, grad_loss, *weights)
+    runs = []
+    for _ in range(2):
+        a, b = full.clone().requires_grad_(), sparse.clone().requires_grad_()
+        loss, value = alignment_loss(a, b, *weights)
+        loss.backward(grad_loss)
+        runs.append((loss.detach(), value, a.grad, b.grad))
+    assert_close("value", ref_value, runs[0][1], 0, 1e-6)
+    assert_close("loss", ref_loss, runs[0][0], 0, 1e-6)
+    for name, ref, got in zip(("grad full", "grad sparse"), ref_grads, runs[0][2:], strict=True):
+        assert (got is None) == (ref is None), f"{name}: {got is None=} {ref is None=}"
+        if ref is not None:
+            assert got.dtype == dtype, f"{name}: {got.dtype}"
+            assert_close(name, ref, got, *ALIGNMENT_TOLERANCES[dtype])
+    for name, first, second in zip(("loss", "value", "grad full", "grad sparse"), *runs, strict=True):
+        assert first is None or torch.equal(first, second), f"{name} differs between two runs"
+
+
+def alignment_layout_case() -> None:
+    """The launchers on non-contiguous inputs (a transposed view), with programs of 64 elements: 9 programs,
+    the last one masked."""
+    from ssa_kernels.alignment_loss import naive_alignment_loss_bwd, naive_alignment_loss_fwd
+    from ssa_kernels.alignment_loss.parallel import alignment_loss_bwd, alignment_loss_fwd
+
+    full, sparse = torch.randn(5, 111).t(), torch.randn(5, 111).t()  # [111, 5], 555 elements, strided
+    grad_loss = torch.tensor(1.3)
+    value = alignment_loss_fwd(full, sparse, block=64, warps=1)
+    grads = alignment_loss_bwd(full, sparse, grad_loss, 0.5, 2.0, block=64, warps=1)
+    assert_close("value", naive_alignment_loss_fwd(full, sparse), value, 0, 1e-6)
+    ref_grads = naive_alignment_loss_bwd(full, sparse, grad_loss, 0.5, 2.0)
+    for name, ref, got in zip(("grad full", "grad sparse"), ref_grads, grads, strict=True):
+        assert_close(name, ref, got, 0, 1e-6)
+
+
 def cases() -> dict[str, Callable[[], None]]:
     """Every case by name."""
     found: dict[str, Callable[[], None]] = {
@@ -152,6 +212,8 @@ def cases() -> dict[str, Callable[[], None]]:
     found["sparse-g16-T40-bs4-k8-o-grad-only"] = lambda: sparse_case(SPARSE_CASES["g16-T40-bs4-k8"], False)
     found["sparse-query-offset-inside-keys"] = lambda: sparse_offset_case(16, 24, 64)
     found["sparse-query-offset-after-keys-partial-block"] = lambda: sparse_offset_case(42, 12, 42)
+    found.update({f"alignment-{n}": lambda c=c: alignment_case(*c) for n, c in ALIGNMENT_CASES.items()})
+    found["alignment-strided-inputs-small-programs"] = alignment_layout_case
     return found
 
 

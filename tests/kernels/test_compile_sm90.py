@@ -15,6 +15,7 @@ if importlib.util.find_spec("triton") is None:
     pytest.skip("triton is not installed", allow_module_level=True)
 
 import triton
+from ssa_kernels.alignment_loss.parallel import alignment_loss_bwd, alignment_loss_fwd
 from ssa_kernels.select_blocks.parallel import select_blocks_fwd
 from ssa_kernels.sparse_attention.parallel import sparse_attention_bwd, sparse_attention_fwd
 from triton.backends.compiler import GPUTarget
@@ -85,3 +86,19 @@ def test_kernels_compile_for_sm90(
         "sparse_bwd_dq_kernel",
         "sparse_bwd_dkdv_kernel",
     ]
+
+
+@pytest.mark.parametrize(
+    ("dtype", "weights"),
+    [(torch.bfloat16, (1.0, 1.0)), (torch.float16, (0.0, 1.0)), (torch.float32, (2.0, 0.0))],
+    ids=["bf16", "fp16-w_fs-zero", "fp32-w_sf-zero"],
+)
+def test_alignment_kernels_compile_for_sm90(
+    monkeypatch: pytest.MonkeyPatch, dtype: torch.dtype, weights: tuple[float, float]
+) -> None:
+    compiled: list[str] = []
+    monkeypatch.setattr(JITFunction, "run", compile_instead_of_launch(compiled))
+    full, sparse = (torch.randn(1, 300, 4, 64, dtype=dtype) for _ in range(2))
+    alignment_loss_fwd(full, sparse)
+    alignment_loss_bwd(full, sparse, torch.tensor(1.0), *weights)
+    assert compiled == ["alignment_fwd_kernel", "alignment_bwd_kernel"]

@@ -1,5 +1,5 @@
-"""The CUDA paths (Triton select/sparse, fused SDPA full attention, mixed-head attention over both) against
-the references, on random bf16.
+"""The CUDA paths (Triton select/sparse, fused SDPA full attention, mixed-head attention over both, the
+Triton alignment loss) against the references, on random bf16.
 
 Every output buffer the kernels allocate is poisoned (NaN, or -7 for integers) first, so an element a kernel
 fails to write shows up as NaN or a wrong index. Tolerances are relative norms `‖out - ref‖ / ‖ref‖` against
@@ -12,12 +12,14 @@ from collections.abc import Iterator
 import pytest
 import torch
 from ssa_kernels import (
+    alignment_loss,
     full_attention,
     mixed_attention,
     select_blocks,
     select_blocks_from_means,
     sparse_attention,
 )
+from ssa_kernels.alignment_loss import naive_alignment_loss_bwd, naive_alignment_loss_fwd
 from ssa_kernels.full_attention import naive_full_attention
 from ssa_kernels.mixed_attention.naive import pick_heads
 from ssa_kernels.select_blocks import naive_select_blocks
@@ -254,3 +256,35 @@ def test_mixed_attention(shape: Shape, dtype: torch.dtype, poison: None) -> None
     for name, ref, out, tol in zip(("o", "dq", "dk", "dv"), refs, outs, tolerances, strict=True):
         assert out.dtype == dtype, name
         assert_rel_close(name, ref, out, tol)
+
+
+@pytest.mark.parametrize("weights", [(0.5, 2.0), (1.0, 0.0)], ids=["w0.5-2", "w_sf-zero"])
+def test_alignment_loss_bf16(weights: tuple[float, float], poison: None) -> None:
+    """The Triton alignment loss on the 40M model's shape at batch 2: loss and D within fp32 summation order
+    of the reference on the same inputs, gradients within one bf16 unit in the last place (the same fp32
+    value, rounded once), None for a zero weight; the same bits on a second run; no host sync."""
+    shape = (2, 2048, 8, 64)
+    full = torch.randn(shape, device="cuda", dtype=torch.bfloat16)
+    sparse = (full.float() + 1.5 * torch.randn(shape, device="cuda")).bfloat16()  # ~half beyond beta = 1
+    grad_loss = torch.tensor(0.7, device="cuda")
+    ref_value = naive_alignment_loss_fwd(full, sparse)
+    ref_grads = naive_alignment_loss_bwd(full, sparse, grad_loss, *weights)
+    runs = []
+    for sync_debug in ("default", "error"):  # the second run fails on any host sync (e.g. `.item()`)
+        a, b = full.clone().requires_grad_(), sparse.clone().requires_grad_()
+        torch.cuda.set_sync_debug_mode(sync_debug)
+        try:
+            loss, value = alignment_loss(a, b, *weights)
+            loss.backward(grad_loss)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        runs.append((loss.detach(), value, a.grad, b.grad))
+    torch.testing.assert_close(runs[0][1], ref_value, atol=0, rtol=1e-5)
+    torch.testing.assert_close(runs[0][0], weights[0] * ref_value + weights[1] * ref_value, atol=0, rtol=1e-5)
+    for name, ref, got in zip(("grad full", "grad sparse"), ref_grads, runs[0][2:], strict=True):
+        assert (got is None) == (ref is None), name
+        if ref is not None:
+            assert got.dtype == torch.bfloat16, name
+            torch.testing.assert_close(got, ref, atol=0, rtol=2**-7, msg=lambda m, n=name: f"{n}: {m}")
+    for first, second in zip(*runs, strict=True):
+        assert first is None or torch.equal(first, second), "two runs differ"
