@@ -5,6 +5,9 @@
 # Every part appends JSON lines to OUT/bench_efficiency.jsonl as soon as each shape is measured
 # (tools/bench_train.py: throughput, MFU, peak memory, the profiler split of a step, the saved-for-backward
 # report; an out-of-memory shape is a line with "oom": true):
+# (0) the fused alignment loss against its reference on this GPU (tests/kernels/test_gpu.py -k alignment)
+#     before any timed step uses it: if it fails, every part below runs with SSA_KERNELS_REFERENCE=alignment_loss
+#     (the reference) and the summary says so;
 # (a) 1B at 8,192 tokens, micro-batch 1 and 2: ssa, full, anchor, sparse (in that order: the part may be
 #     cut by its timeout, the first ones matter most), with --split --memory;
 # (b) ~40M at 2,048 tokens (8 layers x 512, 8 q / 2 kv heads, FFN 1536, 32K vocabulary: 40.6M parameters),
@@ -15,12 +18,12 @@
 #     linear cross-entropy when its wheel is in .whl — `pip download --no-deps liger-kernel==0.8.5 -d .whl`,
 #     pure Python, needs only torch, triton, packaging — else the chunked PyTorch path).
 # Each part runs under `timeout`, capped so that the parts after it keep their share of BUDGET (default
-# 290 s from the start of this script, setup included); a part with less than 25 s is skipped and said so.
+# 320 s from the start of this script, setup included); a part with less than 25 s is skipped and said so.
 # OUT/summary.txt: what ran, how long, how it ended, and the table. Exit status 0 when nothing failed.
 # Environment: BUDGET (s), GIT_COMMIT (recorded in the lines; for a copy of the tree without .git).
 set -uo pipefail
 OUT=${1:-/tmp/gpu-efficiency}
-BUDGET=${BUDGET:-290}
+BUDGET=${BUDGET:-320}
 GRACE=5  # seconds between timeout's TERM and KILL
 mkdir -p "$OUT/logs"
 OUT=$(cd "$OUT" && pwd)
@@ -40,6 +43,11 @@ say "setup: $(cat "$OUT/versions.txt")"
 export GIT_COMMIT=${GIT_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-8} PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 BENCH=(python3 tools/bench_train.py --out "$JSONL")
+
+# (0) the fused alignment loss on this GPU, before anything trusts it
+part alignment_test 60 250 python3 -m pytest -q -m gpu -p no:cacheprovider tests/kernels/test_gpu.py -k alignment \
+    || { say "fused alignment loss failed its GPU test: the parts below use its reference"
+         export SSA_KERNELS_REFERENCE=alignment_loss; }
 
 # (a) 1B, 8K: every variant, micro-batch 1 and 2
 bench 1b_8k 175 85 "${BENCH[@]}" --variants ssa full anchor sparse --micro-batch 1 2 --warmup 2 --steps 4 \
