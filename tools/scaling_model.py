@@ -364,15 +364,14 @@ def _pct(part: float, total: float) -> str:
 
 
 def overlap_table(model: Model, points: list[Point]) -> list[str]:
-    """Per layer and micro-step: bytes on the wire of `cp_comm`'s transfers and the compute each hides
-    behind (the all-gather's: none), with the ring's break-even chunk."""
+    """Per layer and micro-step: bytes on the wire of `cp_comm`'s transfers (the calibration lines name it)
+    and the compute each hides behind (the all-gather's: none), with the ring's break-even chunk."""
     ring = model.with_cp_comm("ring")
     inside, across = break_even_tokens(ring, 2), break_even_tokens(ring, 2 * GPUS_PER_NODE)
     backward = "K/V + dK/dV per shift" if model.cp_comm == "ring" else "dK/dV reduce-scatter"
     out = [
         f"Ring overlap (step compute >= shift) from {inside[0]:,.0f} tokens per rank forward and "
-        f"{inside[1]:,.0f} backward inside a node; {across[0]:,.0f} / {across[1]:,.0f} across nodes. "
-        f"Transfers below: cp_comm={model.cp_comm}.",
+        f"{inside[1]:,.0f} backward inside a node; {across[0]:,.0f} / {across[1]:,.0f} across nodes.",
         "",
         f"| GPUs | layout | T | tokens/rank | K/V {'per shift' if model.cp_comm == 'ring' else 'all-gather'} "
         f"| fwd transfer / compute behind it | {backward} | bwd transfer / compute behind it "
