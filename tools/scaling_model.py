@@ -484,20 +484,16 @@ def layer_table(model: Model, seq_lens: list[int], cps: list[int], simulated: di
                 rank = m.attention(p)
                 exposed = sum(m.layer_exposed_ms(p).values())
                 ssa = rank["full"] + rank["selection"] + rank["sparse"] + exposed
-                cells = [f"{seq_len // 1024}K", str(cp), comm, f"{ssa_one:.1f} ms", f"{ssa:.1f} ms"]
                 got = simulated.get((seq_len, cp, comm))
-                model_cells = [f"{ssa_one / ssa:.2f}x", None, f"{one['full'] / rank['full']:.2f}x", None,
-                               f"{exposed:.2f} ms", None]  # fmt: skip
+                sim = ["-"] * 5  # rank time, model / simulated, SSA and full speed-ups, exposed
                 if got:
-                    sim = max(got["ssa_rank_ms"]) + got["ssa_exposed_ms"]
-                    cells += [f"{sim:.1f} ms", f"{ssa / sim:.2f}"]
-                    sim_cells = [f"{got['ssa_speedup_exposed']:.2f}x", f"{got['full_speedup']:.2f}x",
-                                 f"{got['ssa_exposed_ms']:.2f} ms"]  # fmt: skip
-                else:
-                    cells += ["-", "-"]
-                    sim_cells = ["-"] * 3
-                model_cells[1::2] = sim_cells
-                out.append("| " + " | ".join(cells + model_cells) + " |")
+                    rank_ms = max(got["ssa_rank_ms"]) + got["ssa_exposed_ms"]
+                    sim = [f"{rank_ms:.1f} ms", f"{ssa / rank_ms:.2f}", f"{got['ssa_speedup_exposed']:.2f}x",
+                           f"{got['full_speedup']:.2f}x", f"{got['ssa_exposed_ms']:.2f} ms"]  # fmt: skip
+                cells = [f"{seq_len // 1024}K", str(cp), comm, f"{ssa_one:.1f} ms", f"{ssa:.1f} ms", *sim[:2],
+                         f"{ssa_one / ssa:.2f}x", sim[2], f"{one['full'] / rank['full']:.2f}x", sim[3],
+                         f"{exposed:.2f} ms", sim[4]]  # fmt: skip
+                out.append("| " + " | ".join(cells) + " |")
     return out
 
 
