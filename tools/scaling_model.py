@@ -8,32 +8,45 @@ from the 1-GPU measurements in docs/perf (H100: `bench_attention.jsonl` kernel t
   8K minus its 16 full-attention kernels; SSA extra (alignment loss, counterpart bookkeeping): the `ssa` step
   minus the `full` step minus the sparse kernels; selective recompute extra: likewise. TP divides these by
   `tp` (GEMMs split; replicated element-wise work is not charged: optimistic);
-* full attention: CP = 1 the measured kernel; CP = P a ring of P steps of `T/P x T/P` causal-equivalent pairs
-  each (the load-balanced layout makes every step the same size), and the ring's backward recomputes every
-  step's forward (`parallel/context.py`), so P x (fwd + fwd/bwd) of a `T/P` attention;
+* full attention: the rank's causal-equivalent pairs, forward + backward at the measured kernel rate: CP = 1
+  the kernel on `T`; CP = P `P` x fwd+bwd of a `T/P` attention, both `--cp-comm` ways (`parallel.cp_comm`):
+  the ring runs them in `P` steps of `T/P x T/P` pairs (the load-balanced layout makes every step the same
+  size), the all-gather as one causal own-chunk piece + one unmasked piece of every earlier key per local
+  chunk. The backward recomputes no forward: every piece differentiates from the merged output and
+  log-sum-exp (`parallel/context.py`);
 * selection: the Triton kernels as measured (`block_scores_kernel`: every query row against the blocks before
   it; `top_blocks_kernel`: the segment top-k per row). CP = 1 `select_blocks` on the sequence; CP = P
   `select_blocks_from_means` on each load-balanced half of this rank's rows (`q_start` = the half's global
   position) against the all-gathered block means: chunks `r` and `2P-1-r` hold 1/P of the causal row x
   block pairs and 1/P of the rows, so `select(T) / P` at the measured rate;
-* sparse attention: per query row as measured on one GPU; under CP every ring step runs the kernel on all
-  its rows (the kernel's grid is per row), `2C` rows at step 0 and `3C` (padded, `_past_sparse`) after —
-  an upper bound, since rows without a selected block in the visiting chunk only do masked loads;
-* communication, with its overlap: ring shifts of K/V (forward) and K/V + fp32 dK/dV (backward) hidden behind
-  each step's compute when shorter; the all-gather of fp32 block means, TP all-reduces of `[T/P, hidden]`
-  bf16 activations (5 per layer and micro-step + 2 for embedding / logits, all exposed: an upper bound) and
-  the ZeRO reduce-scatter + all-gather of bf16 gradients / parameters over DP x CP once per step: exposed;
+* sparse attention: per query row as measured on one GPU (forward + backward). All-gather: each local chunk
+  runs the kernel once over its own rows with global block ids, `T/P` rows; ring: every step runs it on all
+  its rows (the kernel's grid is per row), `2C` rows at step 0 and `3C` (padded, `_past_sparse`) after — an
+  upper bound, since rows without a selected block in the visiting chunk only do masked loads;
+* communication, with its overlap: ring shifts of K/V (forward) and K/V + fp32 dK/dV (backward, `P - 1`
+  each) hidden behind each step's compute when shorter, the last dK/dV shift exposed; all-gather: one
+  gather of the other ranks' K/V (bf16) and one reduce-scatter of their fp32 dK/dV per layer, exposed;
+  the all-gather of fp32 block means, TP all-reduces of `[T/P, hidden]` bf16 activations (5 per layer and
+  micro-step + 2 for embedding / logits, all exposed: an upper bound) and the ZeRO reduce-scatter +
+  all-gather of bf16 gradients / parameters over DP x CP once per step: exposed. Recompute repeats the
+  forward's transfers;
 * memory per GPU: bf16 parameters and gradients + fp32 master, Adam moments and gradient partition sharded by
-  ZeRO over DP x CP, plus activations per token as measured at 8K (none, selective); full recompute: none.
+  ZeRO over DP x CP, plus activations per token as measured at 8K (none, selective; without recompute the
+  all-gather also keeps each layer's gathered K/V); full recompute: none.
+
+The `layer` table sets the model's one-layer rank time beside `tools/bench_cp.py --simulate` lines
+(`--simulated`, docs/perf/bench_cp.jsonl: one GPU plays each CP rank in turn) of the same shape, length, CP
+size, `cp_comm` and GPU kind, so model and measurement can be read side by side.
 
 Not modelled: merges and other element-wise work of the ring, kernel efficiency at small chunks beyond the
 pair-rate scaling (e.g. the selection launched on `T / 2P` rows), H200-vs-H100 speed (taken equal: every
 compute term is the H100 measurement; `--hardware` sets the memory per GPU). Every number printed is
 computed here from the measured lines and these assumptions.
 
-    python tools/scaling_model.py                                  # one node: ring overlap + step table
+    python tools/scaling_model.py                                  # one node: transfers + step table
     python tools/scaling_model.py --multi-node                     # 64 GPUs over 8 nodes
-    python tools/scaling_model.py --table layer                    # one layer, as tools/bench_cp.py times
+    python tools/scaling_model.py --table layer                    # one layer: model vs simulated rank
+    python tools/scaling_model.py --cp-comm ring                   # the ring instead of the all-gather
     python tools/scaling_model.py --measured runs/scaling-123/bench_scaling.jsonl
     python tools/scaling_model.py --hardware h100 --gpus 1 --layouts cp --recompute full --table steps
 """
@@ -41,12 +54,14 @@ computed here from the measured lines and these assumptions.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import get_args
 
-from ssa_pretrain.config import Config, load_config
+from ssa_pretrain.config import Config, ParallelConfig, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 PERF = REPO / "docs" / "perf"
@@ -80,6 +95,8 @@ HARDWARE = {
 
 
 LAYOUTS = ("cp", "tp2-cp", "dp2-cp")
+CP_COMM_FIELD = ParallelConfig.model_fields["cp_comm"]
+CP_COMM: tuple[str, ...] = get_args(CP_COMM_FIELD.annotation)  # the config's choices: ring, allgather
 
 
 def layout_sizes(layout: str, world: int) -> tuple[int, int, int]:
@@ -159,11 +176,21 @@ class Calibration:
 class Model:
     """Per-rank time of one optimizer step of `Point` on `Hardware`, by term (milliseconds)."""
 
-    def __init__(self, cfg: Config, calibration: Calibration, hardware: Hardware, recompute: str):
-        self.cal, self.hw, self.recompute = calibration, hardware, recompute
+    def __init__(
+        self, cfg: Config, calibration: Calibration, hardware: Hardware, recompute: str, cp_comm: str
+    ):
+        if cp_comm not in CP_COMM:
+            raise ValueError(f"cp_comm must be one of {', '.join(CP_COMM)}; got {cp_comm!r}")
+        self.cal, self.hw, self.recompute, self.cp_comm = calibration, hardware, recompute, cp_comm
         m = cfg.model
         self.layers, self.hidden, self.kv_heads = m.num_layers, m.hidden_size, m.num_kv_heads
         self.head_dim, self.block = m.kv_channels, cfg.ssa.block_size
+
+    def with_cp_comm(self, cp_comm: str) -> Model:
+        """This model with another `cp_comm` (the other terms unchanged)."""
+        other = copy.copy(self)
+        other.cp_comm = cp_comm
+        return other
 
     def _bandwidth(self, ranks: int) -> tuple[float, float]:
         """(GB/s, latency µs) of a collective or ring over `ranks` consecutive GPUs."""
@@ -178,11 +205,9 @@ class Model:
 
     # ------------------------------------------------------------------------------ communication, bytes
 
-    def ring_bytes(self, p: Point) -> tuple[float, float]:
-        """Bytes one rank sends per ring step and layer: forward the K/V share (bf16); backward K/V + the
-        fp32 dK/dV accumulators."""
-        kv = 2 * (p.seq_len / p.cp) * (self.kv_heads / p.tp) * self.head_dim
-        return kv * BF16, kv * (BF16 + FP32)
+    def share_values(self, p: Point) -> float:
+        """K and V values of one rank's share of one layer (`2 x T/P x kv heads / tp x D`)."""
+        return 2 * (p.seq_len / p.cp) * (self.kv_heads / p.tp) * self.head_dim
 
     def block_mean_bytes(self, p: Point) -> float:
         """Bytes of all block means gathered per layer (fp32 `[T / BS, kv heads / tp, D]`)."""
@@ -204,67 +229,100 @@ class Model:
         k = self.cal.kernel
         return k("sparse_fwd_ms", n) / n, (k("sparse_fwd_bwd_ms", n) - k("select_ms", n)) / n
 
-    def ring_step(self, p: Point) -> dict[str, float]:
-        """One ring step of one layer on one rank (CP > 1): ms to send the share to the next rank and ms of
-        the compute it hides behind, forward (K/V) and backward (K/V + dK/dV; recomputed forward + backward).
-        A step pairs `T/P x T/P` causal-equivalent query-key pairs and, on average, 1.5 T/P sparse rows."""
-        n, k = p.seq_len / p.cp, self.cal.kernel
+    def sparse_rows(self, p: Point) -> float:
+        """Query rows one rank runs the sparse kernel on per layer (forward, and again backward): the
+        all-gather runs each local chunk once (`T/P`); the ring runs every step's rows, `2C` at step 0 and
+        `3C` (queries + the padding of `_past_sparse`) at each later one."""
+        n = p.seq_len / p.cp
+        return n if self.cp_comm == "allgather" else n + (p.cp - 1) * 1.5 * n
+
+    def attention(self, p: Point) -> dict[str, float]:
+        """ms of one layer's core attention on one rank and micro-step (no TP split), forward + backward
+        (`full`, `selection`, `sparse`) and forward alone (`forward`: what recompute repeats). Full attention:
+        the rank's `P` causal attentions of `T/P` worth of pairs (ring: `P` steps of `T/P x T/P`
+        causal-equivalent pairs; all-gather: per local chunk one causal own-chunk piece + one unmasked
+        piece of every earlier key), forward + backward, no forward recomputed; selection: `1/P` of the
+        sequence's; sparse: `sparse_rows` at the per-row rate of a `T/P` sequence."""
+        n, P, k = p.seq_len / p.cp, p.cp, self.cal.kernel
         row_fwd, row_fb = self._sparse_row_ms(n)
-        fwd_bytes, bwd_bytes = self.ring_bytes(p)
+        rows, select = self.sparse_rows(p), k("select_ms", p.seq_len) / P
         return {
-            "send_fwd": self._comm_ms(fwd_bytes, p.cp),
-            "compute_fwd": (k("full_fwd_ms", n) + 1.5 * n * row_fwd) / p.tp,
-            "send_bwd": self._comm_ms(bwd_bytes, p.cp),
-            "compute_bwd": (k("full_fwd_ms", n) + k("full_fwd_bwd_ms", n) + 1.5 * n * (row_fwd + row_fb))
-            / p.tp,
+            "full": P * k("full_fwd_bwd_ms", n),
+            "selection": select,
+            "sparse": rows * row_fb,
+            "forward": P * k("full_fwd_ms", n) + rows * row_fwd + select,
         }
+
+    def transfers(self, p: Point) -> dict[str, float]:
+        """`cp_comm`'s K/V transfers of one layer on one rank (CP > 1): bytes and ms of one forward and one
+        backward transfer, how many of each, and the compute each hides behind (0: exposed).
+        Ring: `P − 1` shifts of the K/V share forward and `P − 1` of K/V + fp32 dK/dV backward, each behind
+        one ring step (`C x 2C` pairs, 1.5 `C` sparse rows on average); the last dK/dV shift, to the owner,
+        is exposed (`last`). All-gather: one gather of the other `P − 1` shares and one reduce-scatter of
+        their fp32 dK/dV, exposed (the kernels need the keys first; the gradient is final only after them)."""
+        P, share, k = p.cp, self.share_values(p), self.cal.kernel
+        if self.cp_comm == "allgather":
+            fwd, bwd = (P - 1) * share * BF16, (P - 1) * share * FP32
+            return {
+                "fwd_bytes": fwd, "send_fwd": self._comm_ms(fwd, P, hops=P - 1), "compute_fwd": 0.0,
+                "bwd_bytes": bwd, "send_bwd": self._comm_ms(bwd, P, hops=P - 1), "compute_bwd": 0.0,
+                "count": 1, "last": 0.0,
+            }  # fmt: skip
+        n = p.seq_len / P
+        row_fwd, row_fb = self._sparse_row_ms(n)
+        full_fwd = k("full_fwd_ms", n)
+        fwd, bwd = share * BF16, share * (BF16 + FP32)
+        return {
+            "fwd_bytes": fwd, "send_fwd": self._comm_ms(fwd, P),
+            "compute_fwd": (full_fwd + 1.5 * n * row_fwd) / p.tp,
+            "bwd_bytes": bwd, "send_bwd": self._comm_ms(bwd, P),
+            "compute_bwd": (k("full_fwd_bwd_ms", n) - full_fwd + 1.5 * n * (row_fb - row_fwd)) / p.tp,
+            "count": P - 1, "last": self._comm_ms(share * FP32, P),
+        }  # fmt: skip
 
     def micro_step(self, p: Point) -> dict[str, float]:
         """ms of one micro-step (one sequence) on one rank, by term."""
-        cal, layers, n, P, tp, k = self.cal, self.layers, p.seq_len / p.cp, p.cp, p.tp, self.cal.kernel
-        row_fwd, row_fb = self._sparse_row_ms(n)
-        if P == 1:
-            full, select, sparse = k("full_fwd_bwd_ms", n), k("select_ms", n), n * row_fb
-            attention_fwd = k("full_fwd_ms", n) + n * row_fwd + select
-        else:
-            full = P * (k("full_fwd_ms", n) + k("full_fwd_bwd_ms", n))  # forward ring + backward ring
-            rows = n + (P - 1) * 1.5 * n  # step 0: 2C rows; later steps 3C (queries + padding)
-            # the Triton kernels on this rank's two halves: 1/P of the rows and of the causal row-block pairs
-            select = k("select_ms", p.seq_len) / P
-            sparse = rows * (row_fwd + row_fb)  # forward + backward (with its recomputed forward)
-            attention_fwd = P * k("full_fwd_ms", n) + rows * row_fwd + select
+        cal, layers, n, tp = self.cal, self.layers, p.seq_len / p.cp, p.tp
+        attention = self.attention(p)
         terms = {
             "dense": cal.dense_ms * n / tp,
             "ssa_extra": cal.ssa_ms * n / tp,
-            "full_attention": layers * full / tp,
-            "selection": layers * select / tp,
-            "sparse_attention": layers * sparse / tp,
+            "full_attention": layers * attention["full"] / tp,
+            "selection": layers * attention["selection"] / tp,
+            "sparse_attention": layers * attention["sparse"] / tp,
             "recompute": 0.0,
         }
-        if self.recompute != "none":  # the core attention's forward again, ring and selection included
-            terms["recompute"] = layers * attention_fwd / tp + cal.selective_ms * n / tp
+        if self.recompute != "none":  # the core attention's forward again, transfers and selection included
+            terms["recompute"] = layers * attention["forward"] / tp + cal.selective_ms * n / tp
         if self.recompute == "full":  # not measured: the dense forward is ~1/3 of its fwd + bwd (FLOPs)
             terms["recompute"] += cal.dense_ms * n / tp / 3
         return {**terms, **self._exposed_comm(p)}
 
+    def layer_exposed_ms(self, p: Point, passes: int = 1) -> dict[str, float]:
+        """ms of one layer's CP transfers that no compute hides, `passes` forward passes (2: recomputed):
+        K/V (`kv`, per `transfers`) and the block means' all-gather (`block_means`, which selection waits
+        for)."""
+        if p.cp == 1:
+            return {"kv": 0.0, "block_means": 0.0}
+        t, P = self.transfers(p), p.cp
+        kv = (
+            passes * t["count"] * max(0.0, t["send_fwd"] - t["compute_fwd"])
+            + t["count"] * max(0.0, t["send_bwd"] - t["compute_bwd"])
+            + t["last"]
+        )
+        means = passes * self._comm_ms((P - 1) / P * self.block_mean_bytes(p), P, hops=P - 1)
+        return {"kv": kv, "block_means": means}
+
     def _exposed_comm(self, p: Point) -> dict[str, float]:
-        """ms per micro-step of communication no compute hides (ring: per step, transfer beyond compute)."""
-        P, tp, layers = p.cp, p.tp, self.layers
-        passes = 1 if self.recompute == "none" else 2  # the forward ring (and selection) runs again
-        out = {"ring": 0.0, "block_means": 0.0, "tp_allreduce": 0.0}
-        if P > 1:
-            step = self.ring_step(p)
-            last_dkv = self._comm_ms(self.ring_bytes(p)[1] * FP32 / (BF16 + FP32), P)  # after the last step
-            out["ring"] = layers * (
-                passes * (P - 1) * max(0.0, step["send_fwd"] - step["compute_fwd"])
-                + (P - 1) * max(0.0, step["send_bwd"] - step["compute_bwd"])
-                + last_dkv
-            )
-            gather = self._comm_ms((P - 1) / P * self.block_mean_bytes(p), P, hops=P - 1)
-            out["block_means"] = layers * passes * gather
-        if tp > 1:  # 2 forward + 3 backward per layer, embedding + logits; full recompute: 2 more per layer
+        """ms per micro-step of communication no compute hides: CP transfers, TP all-reduces."""
+        passes = 1 if self.recompute == "none" else 2  # the forward's transfers (and selection) run again
+        layer = self.layer_exposed_ms(p, passes)
+        out = {"cp_kv": self.layers * layer["kv"], "block_means": self.layers * layer["block_means"]}
+        out["tp_allreduce"] = 0.0
+        if p.tp > 1:  # 2 forward + 3 backward per layer, embedding + logits; full recompute: 2 more per layer
+            tp = p.tp
             one = self._comm_ms(2 * (tp - 1) / tp * self.tp_allreduce_bytes(p), tp, hops=2 * (tp - 1))
-            out["tp_allreduce"] = (layers * (5 + (2 if self.recompute == "full" else 0)) + 2) * one
+            out["tp_allreduce"] = (self.layers * (5 + (2 if self.recompute == "full" else 0)) + 2) * one
         return out
 
     def step(self, p: Point) -> dict[str, float]:
@@ -283,7 +341,10 @@ class Model:
             return None
         ranks, params = p.dp * p.cp, self.cal.params / p.tp
         static = params * (2 * BF16 + 4 * FP32 / ranks) / 2**30
-        return static + self.cal.activation_gib[self.recompute] * p.seq_len / p.cp / p.tp
+        activations = self.cal.activation_gib[self.recompute] * p.seq_len / p.cp / p.tp
+        if self.cp_comm == "allgather" and self.recompute == "none":  # each layer keeps the gathered K/V
+            activations += self.layers * (p.cp - 1) * self.share_values(p) * BF16 / 2**30
+        return static + activations
 
 
 # ------------------------------------------------------------------------------------------------- tables
@@ -303,31 +364,38 @@ def _pct(part: float, total: float) -> str:
 
 
 def overlap_table(model: Model, points: list[Point]) -> list[str]:
-    """Per layer and micro-step: bytes on the wire and the overlap condition of every ring step."""
-    inside, across = break_even_tokens(model, 2), break_even_tokens(model, 2 * GPUS_PER_NODE)
+    """Per layer and micro-step: bytes on the wire of `cp_comm`'s transfers (the calibration lines name it)
+    and the compute each hides behind (the all-gather's: none), with the ring's break-even chunk."""
+    ring = model.with_cp_comm("ring")
+    inside, across = break_even_tokens(ring, 2), break_even_tokens(ring, 2 * GPUS_PER_NODE)
+    backward = "K/V + dK/dV per shift" if model.cp_comm == "ring" else "dK/dV reduce-scatter"
     out = [
         f"Ring overlap (step compute >= shift) from {inside[0]:,.0f} tokens per rank forward and "
         f"{inside[1]:,.0f} backward inside a node; {across[0]:,.0f} / {across[1]:,.0f} across nodes.",
         "",
-        "| GPUs | layout | T | tokens/rank | K/V per shift | fwd shift / step compute "
-        "| K/V + dK/dV per shift | bwd shift / step compute | block means (all-gather) "
-        "| TP all-reduce, each | ZeRO per step |",
+        f"| GPUs | layout | T | tokens/rank | K/V {'per shift' if model.cp_comm == 'ring' else 'all-gather'} "
+        f"| fwd transfer / compute behind it | {backward} | bwd transfer / compute behind it "
+        "| block means (all-gather) | TP all-reduce, each | ZeRO per step |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+
+    def behind(ms: float) -> str:
+        return f"{ms * 1e3:.0f} µs" if ms else "exposed"
+
     for p in points:
-        ring = ["-"] * 5
+        kv = ["-"] * 5
         if p.cp > 1:
-            (fwd, bwd), step = model.ring_bytes(p), model.ring_step(p)
-            ring = [
-                f"{fwd / 2**20:.1f} MiB",
-                f"{step['send_fwd'] * 1e3:.0f} µs / {step['compute_fwd'] * 1e3:.0f} µs",
-                f"{bwd / 2**20:.1f} MiB",
-                f"{step['send_bwd'] * 1e3:.0f} µs / {step['compute_bwd'] * 1e3:.0f} µs",
+            t = model.transfers(p)
+            kv = [
+                f"{t['fwd_bytes'] / 2**20:.1f} MiB",
+                f"{t['send_fwd'] * 1e3:.0f} µs / {behind(t['compute_fwd'])}",
+                f"{t['bwd_bytes'] / 2**20:.1f} MiB",
+                f"{t['send_bwd'] * 1e3:.0f} µs / {behind(t['compute_bwd'])}",
                 f"{model.block_mean_bytes(p) / 2**20:.2f} MiB",
             ]
         tp = f"{model.tp_allreduce_bytes(p) / 2**20:.0f} MiB" if p.tp > 1 else "-"
         zero = f"{model.zero_bytes(p) / 2**30:.2f} GiB" if p.dp * p.cp > 1 else "-"
-        cells = [str(p.gpus), p.layout, f"{p.seq_len // 1024}K", str(p.seq_len // p.cp), *ring, tp, zero]
+        cells = [str(p.gpus), p.layout, f"{p.seq_len // 1024}K", str(p.seq_len // p.cp), *kv, tp, zero]
         out.append("| " + " | ".join(cells) + " |")
     return out
 
@@ -337,7 +405,7 @@ def break_even_tokens(model: Model, cp: int) -> tuple[float, float]:
     ring of `cp` ranks (bisection on the step's length; compute grows ~quadratically, the shift linearly)."""
 
     def covered(n: float, direction: str) -> bool:
-        step = model.ring_step(Point("cp", round(n * cp), 1, cp, 1))
+        step = model.transfers(Point("cp", round(n * cp), 1, cp, 1))
         return step[f"compute_{direction}"] >= step[f"send_{direction}"]
 
     found = []
@@ -367,7 +435,7 @@ def step_table(model: Model, points: list[Point], measured: dict[tuple, dict]) -
         one = model.step(Point("cp", p.seq_len, 1, 1, 1, p.global_batch))
         memory = model.memory_gib(p)
         fits = "" if memory is None or memory <= model.hw.memory_gib else " (> GPU)"
-        comm = s["ring"] + s["block_means"] + s["tp_allreduce"] + s["zero"]
+        comm = s["cp_kv"] + s["block_means"] + s["tp_allreduce"] + s["zero"]
         got, base = measured.get((p.layout, p.gpus, p.seq_len)), measured.get(("cp", 1, p.seq_len))
         cells = [
             p.layout, str(p.gpus), f"{p.seq_len // 1024}K", f"{total / 1e3:.2f} s",
@@ -383,28 +451,49 @@ def step_table(model: Model, points: list[Point], measured: dict[tuple, dict]) -
     return out
 
 
-def layer_table(model: Model, seq_lens: list[int], cps: list[int]) -> list[str]:
-    """One layer's SSA attention, forward + backward, no recompute (what tools/bench_cp.py times): measured on
-    one GPU (the calibration kernels) against the model's context-parallel ring."""
+def simulated_lines(path: Path | None, cfg: Config, hardware: str) -> dict[tuple, dict]:
+    """`tools/bench_cp.py --simulate` lines of this model's attention shape on this GPU kind, by (seqlen,
+    cp, cp_comm); the last line of a point wins."""
+    if path is None or not path.is_file():
+        return {}
+    m, s = cfg.model, cfg.ssa
+    shape = dict(mode="simulate", heads=m.num_attention_heads, kv_heads=m.num_kv_heads,
+                 head_dim=m.kv_channels, block_size=s.block_size, block_count=s.block_count)  # fmt: skip
+    lines = _last_lines(path, **shape)
+    return {(r["seqlen"], r["cp"], r["cp_comm"]): r for r in lines if hardware in r["device"].lower()}
+
+
+def layer_table(model: Model, seq_lens: list[int], cps: list[int], simulated: dict[tuple, dict]) -> list[str]:
+    """One layer's SSA attention (selection + both branches), forward + backward, no recompute, per
+    `cp_comm`: the busiest rank's time as the model predicts it (its 1-GPU reference: the calibration
+    kernels) beside the one-GPU rank simulation of `tools/bench_cp.py` (compute + exposed transfers;
+    "-" where no line matches). The simulated `full` op also differentiates its log-sum-exp output, a
+    slower backward than the training step's, so only its speed-up is set beside the model's."""
     out = [
-        "| T | CP | full, 1 GPU (measured) | SSA, 1 GPU (measured) | full ring, CP (model) "
-        "| SSA ring, CP (model) | full speed-up | SSA speed-up |",
-        "|---|---|---|---|---|---|---|---|",
+        "| T | CP | cp_comm | SSA 1 GPU (model) | SSA rank (model) | SSA rank (simulated) "
+        "| model / simulated | SSA speed-up (model) | SSA speed-up (simulated) | full speed-up (model) "
+        "| full speed-up (simulated) | exposed (model) | exposed (simulated) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    k = model.cal.kernel
     for seq_len in seq_lens:
-        full_one = k("full_fwd_bwd_ms", seq_len)
-        ssa_one = full_one + k("sparse_fwd_bwd_ms", seq_len)  # the sparse line includes the selection
+        one = model.attention(Point("cp", seq_len, 1, 1, 1))
+        ssa_one = one["full"] + one["selection"] + one["sparse"]
         for cp in (c for c in cps if c > 1):
-            p, n = Point("cp", seq_len, 1, cp, 1), seq_len / cp
-            terms = model.micro_step(p)
-            attention = ("full_attention", "selection", "sparse_attention", "ring", "block_means")
-            ssa_ring = sum(terms[t] for t in attention) / model.layers
-            full_ring = cp * (k("full_fwd_ms", n) + k("full_fwd_bwd_ms", n))
-            cells = [f"{seq_len // 1024}K", str(cp), f"{full_one:.0f} ms", f"{ssa_one:.0f} ms",
-                     f"{full_ring:.0f} ms", f"{ssa_ring:.0f} ms", f"{full_one / full_ring:.2f}x",
-                     f"{ssa_one / ssa_ring:.2f}x"]  # fmt: skip
-            out.append("| " + " | ".join(cells) + " |")
+            for comm in CP_COMM:
+                p, m = Point("cp", seq_len, 1, cp, 1), model.with_cp_comm(comm)
+                rank = m.attention(p)
+                exposed = sum(m.layer_exposed_ms(p).values())
+                ssa = rank["full"] + rank["selection"] + rank["sparse"] + exposed
+                got = simulated.get((seq_len, cp, comm))
+                sim = ["-"] * 5  # rank time, model / simulated, SSA and full speed-ups, exposed
+                if got:
+                    rank_ms = max(got["ssa_rank_ms"]) + got["ssa_exposed_ms"]
+                    sim = [f"{rank_ms:.1f} ms", f"{ssa / rank_ms:.2f}", f"{got['ssa_speedup_exposed']:.2f}x",
+                           f"{got['full_speedup']:.2f}x", f"{got['ssa_exposed_ms']:.2f} ms"]  # fmt: skip
+                cells = [f"{seq_len // 1024}K", str(cp), comm, f"{ssa_one:.1f} ms", f"{ssa:.1f} ms", *sim[:2],
+                         f"{ssa_one / ssa:.2f}x", sim[2], f"{one['full'] / rank['full']:.2f}x", sim[3],
+                         f"{exposed:.2f} ms", sim[4]]  # fmt: skip
+                out.append("| " + " | ".join(cells) + " |")
     return out
 
 
@@ -420,7 +509,7 @@ def calibration_lines(model: Model) -> list[str]:
         f"{cal.params:,} parameters; kernel lengths {sorted(cal.kernels)}.",
         f"Hardware (assumed): {hw.name}; NVLink {hw.link_gbs:.0f} GB/s + {hw.link_latency_us:.0f} µs, "
         f"network {hw.net_gbs:.0f} GB/s + {hw.net_latency_us:.0f} µs per GPU, {hw.memory_gib:.0f} GiB "
-        f"per GPU. Recompute: {model.recompute}.",
+        f"per GPU. Recompute: {model.recompute}; cp_comm: {model.cp_comm}.",
     ]
 
 
@@ -436,17 +525,25 @@ def main() -> None:
     parser.add_argument("--seqlens", type=int, nargs="+", default=[32768, 65536, 131072])
     parser.add_argument("--global-batch", type=int, default=2)
     parser.add_argument(
+        "--cp-comm", choices=CP_COMM, default=CP_COMM_FIELD.default,
+        help="how CP attention reaches the other ranks' keys (parallel.cp_comm; default: the config's)",
+    )  # fmt: skip
+    parser.add_argument(
         "--multi-node", action="store_true",
         help="the 64-GPU extrapolation (8 nodes): DP 8 x CP 8 (16 sequences per step) and CP 64",
     )  # fmt: skip
     parser.add_argument("--table", choices=["all", "overlap", "steps", "layer"], default="all")
     parser.add_argument("--measured", type=Path, help="bench_scaling JSON lines to set beside the prediction")
     parser.add_argument("--perf", type=Path, default=PERF, help="folder of the 1-GPU calibration lines")
+    parser.add_argument(
+        "--simulated", type=Path, default=PERF / "bench_cp.jsonl",
+        help="tools/bench_cp.py --simulate lines for the layer table's simulated columns",
+    )  # fmt: skip
     args = parser.parse_args()
 
     cfg = load_config(REPO / args.model if not Path(args.model).is_file() else args.model, ["train.steps=1"])
     calibration = Calibration(args.perf, cfg)
-    model = Model(cfg, calibration, HARDWARE[args.hardware], args.recompute)
+    model = Model(cfg, calibration, HARDWARE[args.hardware], args.recompute, args.cp_comm)
     if args.multi_node:
         points = [Point("dp8xcp8", t, 1, 8, 8, 8 * args.global_batch) for t in args.seqlens]
         points += [Point("cp64", t, 1, 64, 1, args.global_batch) for t in (*args.seqlens, 1 << 20)]
@@ -462,7 +559,9 @@ def main() -> None:
     tables = {
         "overlap": lambda: overlap_table(model, points),
         "steps": lambda: step_table(model, points, measured),
-        "layer": lambda: layer_table(model, args.seqlens, args.gpus),
+        "layer": lambda: layer_table(
+            model, args.seqlens, args.gpus, simulated_lines(args.simulated, cfg, args.hardware)
+        ),
     }
     chosen = ["overlap", "steps"] if args.table == "all" else [args.table]
     print(
