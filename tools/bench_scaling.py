@@ -219,9 +219,9 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             "seqlen": seq_len, "global_batch": cfg.train.global_batch_size,
             "micro_batch": cfg.train.micro_batch_size, "grad_accum": trainer.grad_accum,
             "variant": cfg.ssa.variant, "full_ratio": cfg.ssa.full_ratio, "block_size": cfg.ssa.block_size,
-            "block_count": cfg.ssa.block_count, "recompute": cfg.train.recompute, "bf16": trainer.bf16,
-            "params": trainer.num_params, "warmup": args.warmup, "steps": args.steps,
-            "overrides": args.overrides, **numbers,
+            "block_count": cfg.ssa.block_count, "recompute": cfg.train.recompute,
+            "cp_comm": cfg.parallel.cp_comm, "bf16": trainer.bf16, "params": trainer.num_params,
+            "warmup": args.warmup, "steps": args.steps, "overrides": args.overrides, **numbers,
         })  # fmt: skip
         if env.rank == 0:
             print(json.dumps(rows[-1]), flush=True)

@@ -350,12 +350,18 @@ class Model:
 # ------------------------------------------------------------------------------------------------- tables
 
 
-def _measured(path: Path | None, config: str, recompute: str, hardware: str) -> dict[tuple, dict]:
-    """bench_scaling lines of this model, recompute setting and GPU kind, by (layout, GPUs, seq_len); the last
-    line of a point wins."""
+def _measured(
+    path: Path | None, config: str, recompute: str, cp_comm: str, hardware: str
+) -> dict[tuple, dict]:
+    """bench_scaling lines of this model, recompute setting, `cp_comm` and GPU kind, by (layout, GPUs,
+    seq_len); the last line of a point wins. Lines without `cp_comm` predate the choice: the ring."""
     if path is None:
         return {}
-    lines = _last_lines(path, config=config, recompute=recompute)
+    lines = [
+        r
+        for r in _last_lines(path, config=config, recompute=recompute)
+        if r.get("cp_comm", "ring") == cp_comm
+    ]
     return {(r["layout"], r["world_size"], r["seqlen"]): r for r in lines if hardware in r["device"].lower()}
 
 
@@ -555,7 +561,7 @@ def main() -> None:
             if layout == "cp" or (gpus > 1 and gpus % 2 == 0)
             for seq_len in args.seqlens
         ]
-    measured = _measured(args.measured, args.model, args.recompute, args.hardware)
+    measured = _measured(args.measured, args.model, args.recompute, args.cp_comm, args.hardware)
     tables = {
         "overlap": lambda: overlap_table(model, points),
         "steps": lambda: step_table(model, points, measured),

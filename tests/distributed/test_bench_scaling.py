@@ -20,8 +20,8 @@ TINY = ["--model", "configs/model/tiny.yaml", "--seqlens", "64", "--vocab-size",
         "--steps", "3", "ssa.block_size=8", "ssa.block_count=3"]  # fmt: skip
 FIELDS = {
     "device", "date", "git", "config", "layout", "world_size", "tp", "cp", "dp", "seqlen", "global_batch",
-    "grad_accum", "recompute", "params", "step_ms", "step_ms_all", "tokens_per_s", "tokens_per_s_per_gpu",
-    "peak_mem_gib", "losses", "ce", "sequence_modes",
+    "grad_accum", "recompute", "cp_comm", "params", "step_ms", "step_ms_all", "tokens_per_s",
+    "tokens_per_s_per_gpu", "peak_mem_gib", "losses", "ce", "sequence_modes",
 }  # fmt: skip
 PROFILE_FIELDS = {"profile_step_ms", "comm_share", "exposed_comm_share", "compute_share"}
 

@@ -75,3 +75,16 @@ def test_layer_table_reads_the_simulated_lines(sm, cfg, model, tmp_path):
     assert cells[8] == "2.50x" and cells[10] == "1.50x" and cells[12] == "1.00 ms"
     ring = [c.strip() for c in rows["64K", "2", "ring"]]
     assert ring[5] == ring[6] == ring[8] == ring[10] == ring[12] == "-"
+
+
+def test_measured_steps_match_the_cp_comm(sm, tmp_path):
+    """A bench_scaling line counts only for the model of its `cp_comm`; lines without one are the ring's."""
+    base = {"config": "configs/model/1b.yaml", "recompute": "selective", "device": "NVIDIA H200",
+            "layout": "cp", "world_size": 2, "seqlen": 65536}  # fmt: skip
+    path = tmp_path / "bench_scaling.jsonl"
+    lines = [{**base, "step_ms": 1.0}, {**base, "cp_comm": "allgather", "step_ms": 2.0}]
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    point = ("cp", 2, 65536)
+    ring = sm._measured(path, "configs/model/1b.yaml", "selective", "ring", "h200")
+    gathered = sm._measured(path, "configs/model/1b.yaml", "selective", "allgather", "h200")
+    assert ring[point]["step_ms"] == 1.0 and gathered[point]["step_ms"] == 2.0
