@@ -347,12 +347,16 @@ class Trainer:
         return out
 
     def _agree_to_stop(self) -> bool:
-        """A signal reaches some ranks only; every rank must take the same decision."""
+        """A signal reaches some ranks only; every rank must take the same decision. A signal whose handler
+        runs while the ranks agree stays pending for the next step boundary: the agreed answer only ever
+        sets the flag, never clears it."""
         flag = torch.tensor([self.stop_signal], device=self.dist.device)
         if dist.is_initialized():
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        self.stop_signal = int(flag.item())
-        return self.stop_signal != 0
+        agreed = int(flag.item())
+        if agreed:
+            self.stop_signal = agreed
+        return agreed != 0
 
     def save(self) -> None:
         """Checkpoint the step, only from finite weights (so the latest checkpoint is always a good one)."""

@@ -275,3 +275,23 @@ def test_shard_path_outside_the_dataset_is_refused(tiny_data, tmp_path):
     proc = run(tmp_path / "run", data, "train.steps=1", check=False)
     assert proc.returncode == 2
     assert "shard path '../../../../etc/passwd' leaves the dataset directory" in proc.stderr
+
+
+def test_a_signal_landing_while_the_ranks_agree_is_not_lost(monkeypatch):
+    """The stop flag is read, all-reduced, then written back: a signal whose handler runs in between (during
+    the collective) must still stop the run at the next step boundary, not be overwritten by the older 0."""
+    from ssa_pretrain import trainer as trainer_module
+
+    trainer = trainer_module.Trainer.__new__(trainer_module.Trainer)
+    trainer.stop_signal = 0
+    trainer.dist = type("Dist", (), {"device": torch.device("cpu")})()
+
+    def all_reduce_with_a_signal(flag, op=None):
+        trainer._on_signal(signal.SIGUSR1, None)  # the handler runs while the ranks agree
+
+    monkeypatch.setattr(trainer_module.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(trainer_module.dist, "all_reduce", all_reduce_with_a_signal)
+    assert not trainer._agree_to_stop()  # this boundary's answer was taken before the signal
+    monkeypatch.setattr(trainer_module.dist, "all_reduce", lambda flag, op=None: None)
+    assert trainer._agree_to_stop()  # the next boundary stops
+    assert trainer.stop_signal == signal.SIGUSR1
