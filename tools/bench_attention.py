@@ -91,6 +91,37 @@ def load_baseline(package_dir: Path) -> ModuleType:
     return module
 
 
+def provenance() -> dict[str, object]:
+    """The fields every record starts with: device, time, commit, torch and triton versions."""
+    return {
+        "device": torch.cuda.get_device_name(),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "git": git_commit(),
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+    }
+
+
+def emit(record: dict[str, object], append: Path | None) -> None:
+    """Print one record as a JSON line, and append it to `append` when given."""
+    print(json.dumps(record), flush=True)
+    if append:
+        with append.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def print_table(title: str, columns: list[str], records: list[dict[str, object]], digits: int) -> None:
+    """The records' `columns` as a markdown table under `title`; floats with `digits` decimals."""
+    print(f"\n{title}")
+    print("| " + " | ".join(columns) + " |")
+    print("|" + "---|" * len(columns))
+    for record in records:
+        cells = (
+            f"{record[c]:.{digits}f}" if isinstance(record[c], float) else str(record[c]) for c in columns
+        )
+        print("| " + " | ".join(cells) + " |")
+
+
 def run(seq_len: int, baseline: ModuleType | None = None) -> dict[str, object]:
     """Time every op at `seq_len` with batch `TOKENS // seq_len` (and the `baseline` copy's selection and
     sparse fwd+bwd); returns one JSON record."""
@@ -124,11 +155,7 @@ def run(seq_len: int, baseline: ModuleType | None = None) -> dict[str, object]:
         full_fwd_ms = bench(lambda: full_attention(q, k, v))
         cudnn_fwd_ms = bench(lambda: cudnn_sdpa(q, k, v))
     record = {
-        "device": torch.cuda.get_device_name(),
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "git": git_commit(),
-        "torch": torch.__version__,
-        "triton": triton.__version__,
+        **provenance(),
         "seqlen": seq_len,
         "batch": batch,
         "heads": HEADS,
@@ -189,11 +216,7 @@ def alignment(name: str, shape: tuple[int, ...]) -> dict[str, object]:
     triton_ms = bench(lambda: fwd_bwd(True))
     return {
         "op": "alignment_loss",
-        "device": torch.cuda.get_device_name(),
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "git": git_commit(),
-        "torch": torch.__version__,
-        "triton": triton.__version__,
+        **provenance(),
         "shape_name": name,
         "shape": list(shape),
         "dtype": "bf16",
@@ -250,19 +273,10 @@ def alignment_table(append: Path | None) -> None:
     for name, shape in ALIGNMENT_SHAPES.items():
         records.append(alignment(name, shape))
         torch.cuda.empty_cache()
-        print(json.dumps(records[-1]), flush=True)
-        if append:
-            with append.open("a") as f:
-                f.write(json.dumps(records[-1]) + "\n")
+        emit(records[-1], append)
     columns = ["shape_name", "reference_fwd_bwd_ms", "triton_fwd_bwd_ms", "triton_fwd_ms", "triton_gbps"]
-    print(f"\n{records[0]['device']}, alignment loss, bf16 [B, T, HQ, D], ms (median)")
-    print("| " + " | ".join(columns) + " |\n|" + "---|" * len(columns))
-    for record in records:
-        print(
-            "| "
-            + " | ".join(str(record[c]) if c == "shape_name" else f"{record[c]:.3f}" for c in columns)
-            + " |"
-        )
+    title = f"{records[0]['device']}, alignment loss, bf16 [B, T, HQ, D], ms (median)"
+    print_table(title, columns, records, digits=3)
 
 
 def main() -> None:
@@ -316,24 +330,12 @@ def main() -> None:
             torch.cuda.empty_cache()
             continue
         records.append(record)
-        print(json.dumps(record), flush=True)
-        if args.append:
-            with args.append.open("a") as f:
-                f.write(json.dumps(record) + "\n")
-    print(
-        f"\n{records[0]['device'] if records else ''}, bf16, HQ={HEADS}, HKV={KV_HEADS}, D={DIM}, "
+        emit(record, args.append)
+    title = (
+        f"{records[0]['device'] if records else ''}, bf16, HQ={HEADS}, HKV={KV_HEADS}, D={DIM}, "
         f"BS={BLOCK_SIZE}, K={BLOCK_COUNT}, ms (median)"
     )
-    print("| " + " | ".join(columns) + " |")
-    print("|" + "---|" * len(columns))
-    for record in records:
-        print(
-            "| "
-            + " | ".join(
-                f"{record[c]:.2f}" if isinstance(record[c], float) else str(record[c]) for c in columns
-            )
-            + " |"
-        )
+    print_table(title, columns, records, digits=2)
 
 
 if __name__ == "__main__":
