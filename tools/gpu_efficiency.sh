@@ -5,9 +5,9 @@
 # Every part appends JSON lines to OUT/bench_efficiency.jsonl as soon as each shape is measured
 # (tools/bench_train.py: throughput, MFU, peak memory, the profiler split of a step, the saved-for-backward
 # report; an out-of-memory shape is a line with "oom": true):
-# (0) the fused alignment loss against its reference on this GPU (tests/kernels/test_gpu.py -k alignment)
-#     before any timed step uses it: if it fails, every part below runs with SSA_KERNELS_REFERENCE=alignment_loss
-#     (the reference) and the summary says so;
+# (0) the fused alignment loss against its reference on this GPU (ALIGNMENT_GPU_TEST of gpu_setup.sh)
+#     before any timed step uses it: if it fails, every part below runs with
+#     SSA_KERNELS_REFERENCE=alignment_loss (the reference) and the summary says so;
 # (a) 1B at 8,192 tokens, micro-batch 1 and 2: ssa, full, anchor, sparse (in that order: the part may be
 #     cut by its timeout, the first ones matter most), with --split --memory;
 # (b) ~40M at 2,048 tokens (8 layers x 512, 8 q / 2 kv heads, FFN 1536, 32K vocabulary: 40.6M parameters),
@@ -45,7 +45,7 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-8} PYTORCH_CUDA_ALLOC_CONF=expandable_
 BENCH=(python3 tools/bench_train.py --out "$JSONL")
 
 # (0) the fused alignment loss on this GPU, before anything trusts it
-part alignment_test 60 250 python3 -m pytest -q -m gpu -p no:cacheprovider tests/kernels/test_gpu.py -k alignment \
+part alignment_test 60 250 "${ALIGNMENT_GPU_TEST[@]}" \
     || { say "fused alignment loss failed its GPU test: the parts below use its reference"
          export SSA_KERNELS_REFERENCE=alignment_loss; }
 

@@ -7,9 +7,10 @@
 #     every case -> OUT/grad_errors.jsonl, pytest's output -> OUT/logs/grads.log;
 # (b) tools/bench_cp.py on 2 GPUs at 64K and 128K -> OUT/bench_cp.jsonl, one line per length with every field:
 #     our full / SSA CP ops vs one GPU (the default all-gather, then the ring: bench_cp_2_ring), PyTorch's
-#     native context_parallel ring for full causal attention vs its 1-GPU SDPA (cuDNN, else flash; its error in native_error if neither runs), peak memory per rank of
-#     each op, exposed communication / overlap of each ring from one profiled iteration (estimated ~80 s,
-#     unmeasured: capped at 130 s; each length's line is written as soon as it is measured);
+#     native context_parallel ring for full causal attention vs its 1-GPU SDPA (cuDNN, else flash; its
+#     error in native_error if neither runs), peak memory per rank of each op, exposed communication /
+#     overlap of each ring from one profiled iteration (estimated ~80 s, unmeasured: capped at 130 s; each
+#     length's line is written as soon as it is measured);
 # (c) tools/bench_scaling.py as slurm/scaling.sh runs it (1B model, 32K, train.recompute=full, 1 warm-up + 3
 #     timed steps): 1 GPU, then layouts cp and tp2-cp on 2 GPUs -> OUT/bench_scaling.jsonl; then --compare of
 #     the first 4 losses of the multi-GPU lines against the 1-GPU line;

@@ -31,8 +31,7 @@ RESULTS=/tmp/repl-results
 rm -rf "$RESULTS" /tmp/hf
 mkdir -p "$RESULTS"
 if [ "$DEVICE" = cuda ]; then  # the fused alignment loss against its reference, before any run trusts it
-    python3 -m pytest -q -m gpu -p no:cacheprovider tests/kernels/test_gpu.py -k alignment \
-        > "$RESULTS/alignment_gpu_test.txt" 2>&1 \
+    "${ALIGNMENT_GPU_TEST[@]}" > "$RESULTS/alignment_gpu_test.txt" 2>&1 \
         || { log "fused alignment loss failed its GPU test: the runs use its reference"
              export SSA_KERNELS_REFERENCE=alignment_loss; }
 fi
