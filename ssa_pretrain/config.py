@@ -170,6 +170,13 @@ class TrainConfig(Section):
     """`auto`: bf16 on GPU, fp32 on CPU."""
     recompute: Literal["none", "selective", "full"] = "none"
     """Activation recomputation: none, the core attention only, or whole layers."""
+    cross_entropy: Literal["megatron", "fused"] = "megatron"
+    """The training loss: Megatron's logits + cross-entropy, or `fused`: output projection and cross-entropy
+    in one op that never keeps the `[tokens, vocab]` logits (`model/head.py`: Liger's kernel on CUDA when
+    installed, else chunked PyTorch); `fused` needs parallel.tp=1."""
+    fused_swiglu: bool = True
+    """Megatron's fused SwiGLU (`bias_activation_fusion`: one compiled kernel each way, only its input kept
+    for backward). CUDA only: on CPU the plain SwiGLU runs whatever this says."""
     deepspeed_config: str = "configs/deepspeed/zero1.json"
     """DeepSpeed JSON (ZeRO stage 1 or 2 over the data-parallel group); its `"auto"` values are filled
     from this config. A relative path is looked up in the working directory, then in the repository."""
@@ -262,6 +269,11 @@ class Config(Section):
         if self.model.ffn_hidden_size % tp:
             raise ValueError(
                 f"parallel.tp={tp} must divide model.ffn_hidden_size={self.model.ffn_hidden_size}"
+            )
+        if self.train.cross_entropy == "fused" and tp > 1:
+            raise ValueError(
+                f"train.cross_entropy=fused needs parallel.tp=1 (got {tp}: the output layer splits the "
+                "vocabulary); use train.cross_entropy=megatron"
             )
         unit = 2 * cp * (self.ssa.block_size if cp > 1 else 1)  # each CP chunk holds whole key blocks
         if seq_len % unit:

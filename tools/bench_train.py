@@ -27,6 +27,7 @@ measured (an out-of-memory shape gives a line with `"oom": true` and the run goe
   — by the autograd sequence number — backward), GEMMs, norms/activations/RoPE/gate (the other work of the
   layers), logits + cross-entropy (output layer and loss), optimizer (`engine.step`), other (embedding,
   gradient bookkeeping, kernels the profiler could not attribute). On CPU the same split of CPU time.
+  `split_top`: per part, its kernels (CPU: ops) with the most time.
 * `memory` (`--memory`): per mode, the bytes the autograd graph of one forward keeps for backward (unique
   storages, parameters excluded, by `saved_tensors_hooks`), per layer and per part of a layer, the fp32 share
   and the largest tensors; on CUDA also the memory each layer leaves allocated after its forward.
@@ -68,7 +69,6 @@ from ssa_pretrain.distributed import init_distributed, shutdown
 from ssa_pretrain.metrics import flops_per_token, peak_flops
 from ssa_pretrain.model.alignment import AttachAuxLoss
 from ssa_pretrain.model.gpt import build_model, set_attention_mode
-from ssa_pretrain.model.head import use_fused_cross_entropy
 from ssa_pretrain.model.modes import choose_mode
 from ssa_pretrain.parallelize import parallelize, seed_model_parallel_rng
 
@@ -136,6 +136,7 @@ KERNEL_PARTS = {  # kernel name prefix -> part, whatever range launched it (our 
 }
 GEMM_OPS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::matmul", "aten::linear"}
 GEMM_KERNELS = ("gemm", "cutlass", "nvjet", "xmma", "cublas")
+TOP_KERNELS = 8  # per part, the kernels (CPU: ops) with the most time, in `split_top`
 
 
 @contextlib.contextmanager
@@ -230,16 +231,21 @@ def step_split(events: list[Any], cuda: bool) -> dict[str, Any]:
             if not any(_is_backward_node(n) for n in names):
                 forward_ctx.setdefault((e.thread, e.sequence_nr), names)
     split = dict.fromkeys(PARTS, 0.0)
+    by_name: dict[tuple[str, str], float] = defaultdict(float)  # (part, kernel or op) -> ms
     linked: dict[str, float] = defaultdict(float)  # kernel name -> device time attributed through its op
     for e in events:
         if e.device_type != DeviceType.CPU:
             continue
         if not cuda:
-            split[_part(_context(e, forward_ctx), "")] += e.self_cpu_time_total / 1e3
+            part = _part(_context(e, forward_ctx), "")
+            split[part] += e.self_cpu_time_total / 1e3
+            by_name[part, e.name] += e.self_cpu_time_total / 1e3
         elif e.kernels:
             names = _context(e, forward_ctx)
             for k in e.kernels:
-                split[_part(names, k.name)] += k.duration / 1e3
+                part = _part(names, k.name)
+                split[part] += k.duration / 1e3
+                by_name[part, k.name] += k.duration / 1e3
                 linked[k.name] += k.duration / 1e3
     busy = None
     if cuda:  # device work the profiler linked to no op: by kernel name (memcpy, memset, ... are `other`)
@@ -250,11 +256,18 @@ def step_split(events: list[Any], cuda: bool) -> dict[str, Any]:
                 device[e.name] += e.time_range.elapsed_us() / 1e3
         busy = sum(device.values())
         for name, ms in device.items():
-            split[_part([], name)] += max(0.0, ms - linked[name])
+            part = _part([], name)
+            split[part] += max(0.0, ms - linked[name])
+            by_name[part, name] += max(0.0, ms - linked[name])
     total = sum(split.values())
+    top: dict[str, list] = defaultdict(list)
+    for (part, name), ms in sorted(by_name.items(), key=lambda kv: -kv[1]):
+        if len(top[part]) < TOP_KERNELS and ms > 0:
+            top[part].append([name[:120], round(ms, 3)])
     return {
         "split_ms": {k: round(v, 3) for k, v in split.items()},
         "split_share": {k: round(v / total, 4) if total else 0.0 for k, v in split.items()},
+        "split_top": {k: top[k] for k in PARTS if top[k]},
         "device_busy_ms": busy,
     }
 
@@ -353,6 +366,7 @@ def bench_config(args: argparse.Namespace, variant: str, seq_len: int, micro_bat
             "train.steps=1000",  # the schedule of a 1000-step run (a model file alone sets no steps)
             f"train.precision={'bf16' if torch.cuda.is_available() else 'fp32'}",
             "train.deepspeed_config=configs/deepspeed/zero1.json",
+            f"train.cross_entropy={'fused' if args.cross_entropy == 'fused' else 'megatron'}",
             *args.overrides,
         ],
     )
@@ -499,9 +513,7 @@ def run_variant(args: argparse.Namespace, variant: str, common: dict, emit: Call
     spec = anchor_block_spec(cfg.model.num_layers) if variant == "anchor" else None
     model = build_model(cfg, args.vocab_size, block_spec=spec)
     num_params = sum(p.numel() for p in model.parameters())
-    if args.cross_entropy == "fused":
-        use_fused_cross_entropy(model)
-    elif args.cross_entropy == "megatron_fused":  # read at every loss: setting it after the build is enough
+    if args.cross_entropy == "megatron_fused":  # read at every loss: setting it after the build is enough
         model.config.cross_entropy_loss_fusion, model.config.cross_entropy_fusion_impl = True, "native"
     engine = parallelize(cfg, model, dp=1, bf16=torch.cuda.is_available())
     AttachAuxLoss.set_grad_scale(1.0)
@@ -515,7 +527,15 @@ def run_variant(args: argparse.Namespace, variant: str, common: dict, emit: Call
             cfg = bench_config(args, variant, seq_len, micro_batch)
             try:
                 row = measure_shape(engine, cfg, num_params, args.vocab_size, args, variant)
-                emit({**common, **row, "cross_entropy": args.cross_entropy, "mem_before_build_gib": before})
+                emit(
+                    {
+                        **common,
+                        **row,
+                        "cross_entropy": args.cross_entropy,
+                        "overrides": args.overrides,
+                        "mem_before_build_gib": before,
+                    }
+                )
                 if args.longest:
                     break
             except torch.OutOfMemoryError as error:

@@ -70,7 +70,9 @@ bench fused_ce 70 0 "${BENCH[@]}" --variants full ssa --micro-batch 2 --warmup 2
     python3 - "$JSONL" <<'EOF'
 import json, os, sys
 rows = [json.loads(line) for line in open(sys.argv[1])] if os.path.exists(sys.argv[1]) else []
-setup = lambda r: (r.get("seq_len"), r.get("micro_batch"), r.get("cross_entropy"), r.get("recompute"))
+setup = lambda r: (r.get("seq_len"), r.get("micro_batch"), r.get("cross_entropy"), r.get("recompute"),
+                   tuple(r.get("overrides") or ()))
+lever = lambda r: (r.get("cross_entropy", "megatron"), *[o for o in r.get("overrides") or () if "recompute" not in o])
 ok = [r for r in rows if "step_ms" in r]
 print(f"{'model':>6} {'variant':8} {'seq':>6} {'mbs':>4} {'ms':>8} {'tok/s':>9} {'MFU':>6} {'GiB':>6} "
       f"{'saved/layer MiB':>15}  split (top 5)")
@@ -84,6 +86,7 @@ for r in rows:
                      for m in mem.values())
     split = sorted((r.get("split_share") or {}).items(), key=lambda kv: -kv[1])[:5]
     extra = "".join(f" {k}={r[k]}" for k in ("cross_entropy", "recompute") if r.get(k) not in ("megatron", "none"))
+    extra += "".join(f" {o}" for o in r.get("overrides") or () if "recompute" not in o)
     print(f"{r['params'] / 1e6:5.0f}M {r['variant']:8} {r['seq_len']:>6} {r['micro_batch']:>4} "
           f"{r['step_ms']:8.1f} {r['tokens_per_s']:9.0f} {(r['mfu'] or 0):6.1%} {(r['peak_mem_gib'] or 0):6.1f} "
           f"{saved:>15}  " + " ".join(f"{k}={v:.0%}" for k, v in split) + extra)
@@ -96,11 +99,11 @@ for r in ok:
             print(f"  {r['params'] / 1e6:5.0f}M {r['variant']:6} / {base:6} {setup(r)}: "
                   f"speed {r['tokens_per_s'] / ref['tokens_per_s']:.3f}, "
                   f"memory {(r['peak_mem_gib'] or 0) / (ref['peak_mem_gib'] or 1):.3f}")
-    if r.get("cross_entropy", "megatron") != "megatron":  # a lever against the same variant without it
-        ref = next((x for x in ok if x["variant"] == r["variant"] and x.get("cross_entropy") == "megatron"
+    if lever(r) != ("megatron",):  # a lever (another loss, an override) against the same variant without it
+        ref = next((x for x in ok if x["variant"] == r["variant"] and lever(x) == ("megatron",)
                     and setup(x)[:2] == setup(r)[:2] and x["params"] == r["params"]), None)
         if ref:
-            print(f"  {r['params'] / 1e6:5.0f}M {r['variant']:6} cross_entropy={r['cross_entropy']} / megatron: "
+            print(f"  {r['params'] / 1e6:5.0f}M {r['variant']:6} {' '.join(lever(r))} / megatron: "
                   f"speed {r['tokens_per_s'] / ref['tokens_per_s']:.3f}, "
                   f"memory {(r['peak_mem_gib'] or 0) / (ref['peak_mem_gib'] or 1):.3f}")
 EOF

@@ -20,6 +20,7 @@ from ssa_pretrain import cpu_shims
 from ssa_pretrain.config import Config, ModelConfig
 from ssa_pretrain.model import layout
 from ssa_pretrain.model.attention import SSACoreAttention, SSATransformerConfig
+from ssa_pretrain.model.head import use_fused_cross_entropy
 from ssa_pretrain.model.modes import Mode
 from ssa_pretrain.model.spec import get_ssa_block_spec
 from ssa_pretrain.parallelize import transformer_parallel_config
@@ -34,7 +35,9 @@ def padded_vocab_size(vocab_size: int, model: ModelConfig, tp: int) -> int:
 def transformer_config(cfg: Config, dtype: torch.dtype) -> SSATransformerConfig:
     """Megatron's TransformerConfig for a Llama-style decoder with SSA attention."""
     model = cfg.model
-    device_flags = {} if torch.cuda.is_available() else cpu_shims.CPU_CONFIG
+    fusions = {"bias_activation_fusion": cfg.train.fused_swiglu}
+    if not torch.cuda.is_available():
+        fusions.update(cpu_shims.CPU_CONFIG)  # their kernels are CUDA-only
     return SSATransformerConfig(
         num_layers=model.num_layers,
         hidden_size=model.hidden_size,
@@ -55,7 +58,7 @@ def transformer_config(cfg: Config, dtype: torch.dtype) -> SSATransformerConfig:
         attention_output_gate=cfg.ssa.output_gate,
         ssa=cfg.ssa,
         **transformer_parallel_config(cfg),  # TP, SP, recompute, CP
-        **device_flags,
+        **fusions,
     )
 
 
@@ -70,6 +73,7 @@ def build_model(
 
     `device` defaults to the current GPU (CPU without CUDA); `"meta"` builds shapes only (parameter counts).
     `block_spec` replaces the SSA decoder spec (`get_ssa_block_spec`), e.g. with a baseline's attention.
+    With `train.cross_entropy=fused` the training forward (given labels) returns the fused loss.
     """
     tp = parallel_state.get_tensor_model_parallel_world_size()
     if tp != cfg.parallel.tp:
@@ -79,6 +83,8 @@ def build_model(
         model = _gpt(
             cfg, vocab_size, dtype, tp, block_spec or get_ssa_block_spec(cfg.ssa, cfg.model.num_layers)
         )
+    if cfg.train.cross_entropy == "fused":
+        use_fused_cross_entropy(model)
     return model.to(device)
 
 

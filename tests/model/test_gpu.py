@@ -54,3 +54,26 @@ def test_gpu_bf16_training_step_is_finite(variant):
         loss.backward()
         assert torch.isfinite(loss)
         assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_gpu_fused_swiglu_matches_the_plain_one():
+    """`train.fused_swiglu` (Megatron's compiled SwiGLU) against the plain one: the same loss and gradients,
+    fp32 to float rounding, bf16 within bf16 rounding."""
+    for dtype, tolerance in ((torch.float32, 1e-4), (torch.bfloat16, 3e-2)):
+        results = []
+        for fused in (False, True):
+            flag = f"train.fused_swiglu={str(fused).lower()}"
+            cfg = tiny_config("data.seq_len=256", "ssa.variant=ssa", flag)
+            torch.manual_seed(0)
+            model = build_model(cfg, VOCAB).to(dtype).train()
+            assert model.config.bias_activation_fusion is fused
+            set_attention_mode(model, "full")
+            tokens = torch.randint(0, VOCAB, (2, 257), generator=torch.Generator().manual_seed(1)).cuda()
+            loss = model(tokens[:, :-1], None, None, labels=tokens[:, 1:]).float().mean()
+            loss.backward()
+            results.append((loss.detach(), {n: p.grad.float() for n, p in model.named_parameters()}))
+        (loss_ref, grads_ref), (loss, grads) = results
+        torch.testing.assert_close(loss, loss_ref, atol=tolerance, rtol=tolerance)
+        for name, ref in grads_ref.items():
+            scale = ref.abs().max().clamp_min(1e-6)
+            assert (grads[name] - ref).abs().max() / scale < tolerance * 2, (dtype, name)

@@ -1,12 +1,13 @@
-"""`use_fused_cross_entropy`: the training loss and every gradient equal Megatron's logits + cross-entropy
-path (fp32, chunked PyTorch on CPU), the `[tokens, vocab]` logits are never saved, and without labels the
-model still returns its logits."""
+"""`train.cross_entropy=fused` (`use_fused_cross_entropy`): the training loss and every gradient equal
+Megatron's logits + cross-entropy path (fp32, chunked PyTorch on CPU), the `[tokens, vocab]` logits are never
+saved, and without labels the model still returns its logits."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from ssa_pretrain.config import ConfigError
 from ssa_pretrain.model import head
 from ssa_pretrain.model.gpt import build_model, set_attention_mode
 from tests.helpers import tiny_config
@@ -19,9 +20,8 @@ def models():
     cfg = tiny_config()
     torch.manual_seed(0)
     plain = build_model(cfg, VOCAB).train()
-    fused = build_model(cfg, VOCAB).train()
+    fused = build_model(tiny_config("train.cross_entropy=fused"), VOCAB).train()
     fused.load_state_dict(plain.state_dict())
-    head.use_fused_cross_entropy(fused)
     return plain, fused
 
 
@@ -72,6 +72,11 @@ def test_logits_are_not_saved_and_evaluation_gets_logits():
         logits = fused(tokens[:, :-1], None, None)
         torch.testing.assert_close(logits, plain(tokens[:, :-1], None, None))
     assert logits.shape[-1] >= VOCAB
+
+
+def test_fused_cross_entropy_refuses_tensor_parallelism():
+    with pytest.raises(ConfigError, match=r"train\.cross_entropy=fused needs parallel\.tp=1"):
+        tiny_config("train.cross_entropy=fused", "parallel.tp=2")
 
 
 @pytest.mark.gpu

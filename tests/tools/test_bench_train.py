@@ -41,6 +41,11 @@ def test_anchor_beside_ssa_with_split_and_memory(bench_train):
         assert sum(row["split_ms"].values()) > 0
         assert row["split_ms"]["gemm"] > 0 and row["split_ms"]["optimizer"] > 0
         assert row["split_ms"]["logits_ce"] > 0 and row["split_ms"]["norm_act_rope"] > 0
+        for part, top in row["split_top"].items():  # the largest ops of each part, largest first
+            assert 0 < len(top) <= bench_train.TOP_KERNELS and row["split_ms"][part] > 0
+            assert [ms for _, ms in top] == sorted((ms for _, ms in top), reverse=True)
+            assert sum(ms for _, ms in top) <= row["split_ms"][part] * (1 + 1e-6) + 1e-3
+        assert any(name == "aten::mm" for name, _ in row["split_top"]["gemm"])
     assert anchor["split_ms"]["full_attention"] > 0
     assert anchor["split_ms"]["selection"] == anchor["split_ms"]["sparse_attention"] == 0
     assert anchor["split_ms"]["alignment"] == 0
