@@ -32,11 +32,22 @@ measured (an out-of-memory shape gives a line with `"oom": true` and the run goe
   storages, parameters excluded, by `saved_tensors_hooks`), per layer and per part of a layer, the fp32 share
   and the largest tensors; on CUDA also the memory each layer leaves allocated after its forward.
 
+**Context-parallel rank simulation** (`--simulate-cp P`, one process): the step of CP rank 0 of `P` — its
+share of every sequence (`seq_len / P` tokens through the embedding, the layers, the loss and its half of
+ZeRO's optimizer partitions), its attention against the whole sequence by `parallel.cp_comm` — under torch's
+fake process group (collectives return at once; Megatron's and DeepSpeed's groups have their real sizes)
+while each SSA layer communicates through `SimulatedComm`, which copies the bytes a transfer would move
+locally (the rank's own share standing in for its peers'). `step_ms` is the rank's compute: one GPU's step
+over the same sequences divided by it is the speed-up once the transfers hide behind compute;
+`cp_moved_bytes_per_step` is what the attention layers would move per step, `zero_moved_bytes_per_step`
+ZeRO's gradient reduce-scatter and parameter all-gather (what the fake group skipped), to show they do.
+
     python tools/bench_train.py                                   # 1b, 8192 tokens, micro-batch 1
     python tools/bench_train.py --variants anchor full sparse ssa --micro-batch 1 2 --split --memory \\
         --out docs/perf/bench_train.jsonl
     python tools/bench_train.py --variants ssa --seq-len 131072 65536 32768 --longest train.recompute=full
     python tools/bench_train.py --variants full ssa --micro-batch 2 --cross-entropy fused   # a lever
+    python tools/bench_train.py --variants ssa --seq-len 65536 --simulate-cp 2 train.recompute=full
 """
 
 from __future__ import annotations
@@ -55,8 +66,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from bench_info import run_info
+from megatron.core import parallel_state
 from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.transformer_block import TransformerBlockSubmodules
@@ -68,9 +81,10 @@ from ssa_pretrain.config import Config, load_config
 from ssa_pretrain.distributed import init_distributed, shutdown
 from ssa_pretrain.metrics import flops_per_token, peak_flops
 from ssa_pretrain.model.alignment import AttachAuxLoss
-from ssa_pretrain.model.gpt import build_model, set_attention_mode
+from ssa_pretrain.model.gpt import build_model, set_attention_mode, ssa_layers
 from ssa_pretrain.model.modes import choose_mode
-from ssa_pretrain.parallelize import parallelize, seed_model_parallel_rng
+from ssa_pretrain.parallel.collectives import SimulatedComm
+from ssa_pretrain.parallelize import context_parallel_share, parallelize, seed_model_parallel_rng
 
 VARIANTS = ("anchor", "full", "sparse", "ssa")
 GIB, MIB = 2**30, 2**20
@@ -367,9 +381,33 @@ def bench_config(args: argparse.Namespace, variant: str, seq_len: int, micro_bat
             f"train.precision={'bf16' if torch.cuda.is_available() else 'fp32'}",
             "train.deepspeed_config=configs/deepspeed/zero1.json",
             f"train.cross_entropy={'fused' if args.cross_entropy == 'fused' else 'megatron'}",
+            f"parallel.cp={args.simulate_cp}",
             *args.overrides,
         ],
     )
+
+
+def simulated_cp_world(size: int) -> None:
+    """This process as rank 0 of a context-parallel group of `size`: torch's fake process group (every
+    collective returns at once, nothing is sent) under Megatron's groups (no gloo groups: they would wait for
+    peers)."""
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    if torch.cuda.is_available():
+        torch.cuda.set_device(0)
+    dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=size)
+    parallel_state.initialize_model_parallel(context_parallel_size=size, create_gloo_process_groups=False)
+
+
+def simulate_context_parallel(model: torch.nn.Module) -> list[SimulatedComm]:
+    """Give every SSA layer of `model` its own `SimulatedComm` as this CP rank: its transfers become local
+    copies of real data (the fake group would hand back uninitialised buffers)."""
+    rank, size = parallel_state.get_context_parallel_rank(), parallel_state.get_context_parallel_world_size()
+    comms = []
+    for layer in ssa_layers(model):
+        layer.cp_group = SimulatedComm(rank, size)
+        comms.append(layer.cp_group)
+    return comms
 
 
 def _allocated_gib() -> float | None:
@@ -379,7 +417,8 @@ def _allocated_gib() -> float | None:
 def train_step(engine: Any, cfg: Config, step: int, tokens: torch.Tensor) -> torch.Tensor:
     """One optimizer step of one micro-batch, the mode drawn as in training (host-side: no sync); its loss."""
     set_attention_mode(engine.module, choose_mode(cfg.ssa, cfg.train.seed, step, 0, 1))
-    loss = engine(tokens[:, :-1], None, None, labels=tokens[:, 1:]).float().mean()
+    inputs, labels = context_parallel_share(tokens[:, :-1], tokens[:, 1:])  # as is without CP
+    loss = engine(inputs, None, None, labels=labels).float().mean()
     engine.backward(loss)
     with record_function("bench.optimizer"):
         engine.step()
@@ -413,9 +452,16 @@ def timed(
 
 
 def measure_shape(
-    engine: Any, cfg: Config, num_params: int, vocab: int, args: argparse.Namespace, variant: str
+    engine: Any,
+    cfg: Config,
+    num_params: int,
+    vocab: int,
+    args: argparse.Namespace,
+    variant: str,
+    comms: list[SimulatedComm],
 ) -> dict[str, Any]:
-    """Throughput, memory, and optionally the split and the memory report, of one shape."""
+    """Throughput, memory, and optionally the split and the memory report, of one shape; `comms`: the
+    simulated context-parallel channels (their bytes over the timed steps are reported)."""
     seq_len, micro_batch = cfg.data.seq_len, cfg.train.micro_batch_size
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
@@ -425,7 +471,10 @@ def measure_shape(
     ]
     if cuda:
         torch.cuda.reset_peak_memory_stats()
+    for comm in comms:
+        comm.moved.clear()
     times, losses = timed(engine, cfg, batches, args.warmup, args.steps)
+    moved = sum(nbytes for comm in comms for _, nbytes in comm.moved) / (args.warmup + args.steps)
     step_ms = sum(times) / len(times)
     tokens_per_s = micro_batch * seq_len / (step_ms / 1e3)
     peak = peak_flops(device)
@@ -452,6 +501,13 @@ def measure_shape(
         "recompute": cfg.train.recompute,
         "oom": False,
     }
+    if comms:  # what the fake process group and the simulated channels did not send
+        size = cfg.parallel.cp
+        row.update(
+            simulate_cp=size,
+            cp_moved_bytes_per_step=round(moved),
+            zero_moved_bytes_per_step=round(2 * (size - 1) / size * num_params * 2),  # bf16 grads + params
+        )
     if args.split:
         with _optional(row, "split"):
             row.update(profiled_split(engine, cfg, args.warmup + args.steps, batches[0]))
@@ -492,9 +548,8 @@ def profiled_split(engine: Any, cfg: Config, step: int, batch: torch.Tensor) -> 
 def memory_report(engine: Any, mode: str, batch: torch.Tensor) -> dict[str, Any]:
     """`saved_for_backward` of one training forward in `mode` (nothing to set in the anchor)."""
     set_attention_mode(engine.module, mode)
-    return saved_for_backward(
-        engine.module, lambda: engine(batch[:, :-1], None, None, labels=batch[:, 1:]).float().mean()
-    )
+    inputs, labels = context_parallel_share(batch[:, :-1], batch[:, 1:])
+    return saved_for_backward(engine.module, lambda: engine(inputs, None, None, labels=labels).float().mean())
 
 
 def shapes(args: argparse.Namespace) -> list[tuple[int, int]]:
@@ -515,6 +570,7 @@ def run_variant(args: argparse.Namespace, variant: str, common: dict, emit: Call
     num_params = sum(p.numel() for p in model.parameters())
     if args.cross_entropy == "megatron_fused":  # read at every loss: setting it after the build is enough
         model.config.cross_entropy_loss_fusion, model.config.cross_entropy_fusion_impl = True, "native"
+    comms = simulate_context_parallel(model) if args.simulate_cp > 1 else []
     engine = parallelize(cfg, model, dp=1, bf16=torch.cuda.is_available())
     AttachAuxLoss.set_grad_scale(1.0)
     failed_at = None
@@ -526,7 +582,7 @@ def run_variant(args: argparse.Namespace, variant: str, common: dict, emit: Call
                 continue
             cfg = bench_config(args, variant, seq_len, micro_batch)
             try:
-                row = measure_shape(engine, cfg, num_params, args.vocab_size, args, variant)
+                row = measure_shape(engine, cfg, num_params, args.vocab_size, args, variant, comms)
                 emit(
                     {
                         **common,
@@ -603,15 +659,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="shapes from the most tokens down; stop at the first that trains",
     )
     parser.add_argument(
+        "--simulate-cp",
+        type=int,
+        default=1,
+        metavar="P",
+        help="measure context-parallel rank 0 of P in this one process (module docstring)",
+    )
+    parser.add_argument(
         "--out", type=Path, help="append the JSON lines here (e.g. docs/perf/bench_train.jsonl)"
     )
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.recompute=selective")
-    return parser.parse_intermixed_args(argv)  # overrides may come before and after options
+    args = parser.parse_intermixed_args(argv)  # overrides may come before and after options
+    if args.simulate_cp < 1 or (args.simulate_cp > 1 and "anchor" in args.variants):
+        parser.error("--simulate-cp needs P >= 1 and SSA variants (the anchor's attention has no CP)")
+    return args
 
 
 def main() -> None:
     args = parse_args()
-    init_distributed()
+    if args.simulate_cp > 1:
+        simulated_cp_world(args.simulate_cp)
+    else:
+        init_distributed()
     cpu_shims.install()
     seed_model_parallel_rng(0)
     common = run_info(args.model)

@@ -7,23 +7,27 @@
 # report; an out-of-memory shape is a line with "oom": true):
 # (0) the fused alignment loss against its reference on this GPU (ALIGNMENT_GPU_TEST of gpu_setup.sh)
 #     before any timed step uses it: if it fails, every part below runs with
-#     SSA_KERNELS_REFERENCE=alignment_loss (the reference) and the summary says so;
+#     SSA_KERNELS_REFERENCE=alignment_loss (the reference) and the summary says so; then its kernels timed
+#     against the reference (tools/bench_attention.py --alignment -> OUT/bench_alignment.jsonl);
 # (a) 1B at 8,192 tokens, micro-batch 1 and 2: ssa, full, anchor, sparse (in that order: the part may be
 #     cut by its timeout, the first ones matter most), with --split --memory;
 # (b) ~40M at 2,048 tokens (8 layers x 512, 8 q / 2 kv heads, FFN 1536, 32K vocabulary: 40.6M parameters),
 #     micro-batch 32: full, sparse, ssa, with --split --memory;
 # (c) the longest sequence that trains: 1B ssa with train.recompute=full, trying 64K, 32K, 16K in turn
 #     (micro-batch 1) until one fits, with whatever time is left;
-# (d) if time is still left, a lever: full and ssa at micro-batch 2 with --cross-entropy fused (Liger's fused
-#     linear cross-entropy when its wheel is in .whl — `pip download --no-deps liger-kernel==0.8.5 -d .whl`,
-#     pure Python, needs only torch, triton, packaging — else the chunked PyTorch path).
+# (d) if time is still left, the levers, each against the same variant and shape of (a): full and ssa at
+#     micro-batch 2 with --cross-entropy fused (Liger's fused linear cross-entropy when its wheel is in .whl —
+#     `pip download --no-deps liger-kernel==0.8.5 -d .whl`, pure Python, needs only torch, triton,
+#     packaging — else the chunked PyTorch path); full and ssa at micro-batch 1 with train.fused_swiglu=false
+#     (the default fuses it: the lever measured by its absence); full at micro-batch 2 with ZeRO-2
+#     (configs/deepspeed/zero2.json: gradients reduced into their partitions during backward).
 # Each part runs under `timeout`, capped so that the parts after it keep their share of BUDGET (default
-# 320 s from the start of this script, setup included); a part with less than 25 s is skipped and said so.
+# 540 s from the start of this script, setup included); a part with less than 25 s is skipped and said so.
 # OUT/summary.txt: what ran, how long, how it ended, and the table. Exit status 0 when nothing failed.
 # Environment: BUDGET (s), GIT_COMMIT (recorded in the lines; for a copy of the tree without .git).
 set -uo pipefail
 OUT=${1:-/tmp/gpu-efficiency}
-BUDGET=${BUDGET:-320}
+BUDGET=${BUDGET:-540}
 GRACE=5  # seconds between timeout's TERM and KILL
 mkdir -p "$OUT/logs"
 OUT=$(cd "$OUT" && pwd)
@@ -48,22 +52,29 @@ BENCH=(python3 tools/bench_train.py --out "$JSONL")
 part alignment_test 60 250 "${ALIGNMENT_GPU_TEST[@]}" \
     || { say "fused alignment loss failed its GPU test: the parts below use its reference"
          export SSA_KERNELS_REFERENCE=alignment_loss; }
+part alignment_bench 40 440 python3 tools/bench_attention.py --alignment --append "$OUT/bench_alignment.jsonl" \
+    && tail -n 12 "$OUT/logs/alignment_bench.log" | tee -a "$OUT/summary.txt"
 
 # (a) 1B, 8K: every variant, micro-batch 1 and 2
-bench 1b_8k 175 85 "${BENCH[@]}" --variants ssa full anchor sparse --micro-batch 1 2 --warmup 2 --steps 4 \
+bench 1b_8k 220 200 "${BENCH[@]}" --variants ssa full anchor sparse --micro-batch 1 2 --warmup 2 --steps 4 \
     --split --memory
 
 # (b) ~40M, 2K, micro-batch 32 (the ablation scale)
-bench 40m_2k 60 30 "${BENCH[@]}" --variants full sparse ssa --seq-len 2048 --micro-batch 32 --vocab-size 32000 \
+bench 40m_2k 60 150 "${BENCH[@]}" --variants full sparse ssa --seq-len 2048 --micro-batch 32 --vocab-size 32000 \
     --warmup 2 --steps 5 --split --memory model.num_layers=8 model.hidden_size=512 \
     model.num_attention_heads=8 model.num_kv_heads=2 model.ffn_hidden_size=1536
 
 # (c) the longest sequence for ssa with full recomputation: from 64K down, stops at the first that fits
-bench seq_sweep 120 0 "${BENCH[@]}" --variants ssa --seq-len 16384 32768 65536 --longest \
+bench seq_sweep 90 110 "${BENCH[@]}" --variants ssa --seq-len 16384 32768 65536 --longest \
     --micro-batch 1 --warmup 1 --steps 2 train.recompute=full
 
-# (d) the fused linear cross-entropy (no [tokens, vocab] logits kept), if time is left
-bench fused_ce 70 0 "${BENCH[@]}" --variants full ssa --micro-batch 2 --warmup 2 --steps 4 --cross-entropy fused
+# (d) the levers, if time is left: the fused linear cross-entropy (no [tokens, vocab] logits kept), the
+#     plain SwiGLU (what fusing it saves), ZeRO-2
+bench fused_ce 60 60 "${BENCH[@]}" --variants full ssa --micro-batch 2 --warmup 2 --steps 4 --cross-entropy fused
+bench swiglu_off 50 25 "${BENCH[@]}" --variants full ssa --micro-batch 1 --warmup 2 --steps 4 \
+    train.fused_swiglu=false
+bench zero2 40 0 "${BENCH[@]}" --variants full --micro-batch 2 --warmup 2 --steps 4 \
+    train.deepspeed_config=configs/deepspeed/zero2.json
 
 {
     echo "================================ summary (${SECONDS}s of ${BUDGET}s)"

@@ -33,6 +33,7 @@ from ssa_pretrain.parallel import (
     context_parallel_sparse_attention,
     context_parallel_ssa_attention,
 )
+from ssa_pretrain.parallel.collectives import as_comm
 from ssa_pretrain.parallelize import core_attention_groups, cp_comm_from_megatron
 
 
@@ -114,7 +115,7 @@ class SSACoreAttention(MegatronModule):
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(a_full, a_sparse); under context parallelism from one ring pass that serves both branches."""
-        if self.cp_group is None or self.cp_group.size() == 1:
+        if self.cp_group is None or as_comm(self.cp_group).size == 1:
             return self._full(q, k, v), self._sparse(q, k, v)
         (a_full, _), (a_sparse, _) = context_parallel_ssa_attention(
             q, k, v, self.block_size, self.block_count, self.cp_group, self.softmax_scale, comm=self.cp_comm

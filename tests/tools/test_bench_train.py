@@ -1,10 +1,15 @@
 """tools/bench_train.py on CPU with the tiny model: the anchor's line beside `ssa`'s, each with the step split
-and the memory report, and every engine freed once its variant is measured."""
+and the memory report, every engine freed once its variant is measured, and the simulated context-parallel
+rank."""
 
 from __future__ import annotations
 
 import gc
 import importlib
+import json
+import os
+import subprocess
+import sys
 import weakref
 
 import pytest
@@ -118,3 +123,30 @@ def test_split_and_memory_report_leave_no_graph_behind(bench_train):
         bench_train.parse_args([*TINY, "--split", "--memory"]), "ssa", {}, lambda row: None
     )
     assert graph_tensors() == before
+
+
+def test_simulated_context_parallel_rank_runs_its_share(tmp_path):
+    """`--simulate-cp 2`: one process trains CP rank 0's share (half of each sequence: the largest saved
+    tensor is the logits of 128 of the 256 tokens), its attention layers move real bytes, the optimizer
+    steps (the loss changes), and the line says what the fake group did not send."""
+    out = tmp_path / "sim.jsonl"
+    command = [sys.executable, "tools/bench_train.py", *TINY[:2], "--seq-len", "256", *TINY[4:],
+               "--variants", "ssa", "--simulate-cp", "2", "--memory", "--out", str(out)]  # fmt: skip
+    proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300, env=_env())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (row,) = (json.loads(line) for line in out.read_text().splitlines())
+    assert row["simulate_cp"] == 2 and "error" not in row and not row["oom"]
+    assert row["step_ms"] > 0 and len(set(row["losses"])) > 1
+    assert row["cp_moved_bytes_per_step"] > 0
+    assert row["zero_moved_bytes_per_step"] == round(2 * 0.5 * row["params"] * 2)
+    largest = row["memory"]["full"]["largest_saved"][0]
+    assert largest[1][:2] == [128, 2] and largest[1][2] >= 320  # [tokens of this rank, batch, vocab]
+
+
+def test_simulate_cp_refuses_the_anchor(bench_train):
+    with pytest.raises(SystemExit):
+        bench_train.parse_args([*TINY, "--variants", "anchor", "ssa", "--simulate-cp", "2"])
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "LOCAL_RANK": "0"}
