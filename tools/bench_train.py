@@ -58,6 +58,7 @@ import copy
 import gc
 import itertools
 import json
+import os
 import re
 import time
 from collections import defaultdict
@@ -393,6 +394,7 @@ def simulated_cp_world(size: int) -> None:
     peers)."""
     from torch.testing._internal.distributed.fake_pg import FakeStore
 
+    os.environ.update(RANK="0", WORLD_SIZE=str(size), LOCAL_RANK="0")  # DeepSpeed reads them
     if torch.cuda.is_available():
         torch.cuda.set_device(0)
     dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=size)

@@ -132,7 +132,8 @@ def test_simulated_context_parallel_rank_runs_its_share(tmp_path):
     out = tmp_path / "sim.jsonl"
     command = [sys.executable, "tools/bench_train.py", *TINY[:2], "--seq-len", "256", *TINY[4:],
                "--variants", "ssa", "--simulate-cp", "2", "--memory", "--out", str(out)]  # fmt: skip
-    proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300, env=_env())
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (row,) = (json.loads(line) for line in out.read_text().splitlines())
     assert row["simulate_cp"] == 2 and "error" not in row and not row["oom"]
@@ -146,7 +147,3 @@ def test_simulated_context_parallel_rank_runs_its_share(tmp_path):
 def test_simulate_cp_refuses_the_anchor(bench_train):
     with pytest.raises(SystemExit):
         bench_train.parse_args([*TINY, "--variants", "anchor", "ssa", "--simulate-cp", "2"])
-
-
-def _env() -> dict[str, str]:
-    return {**os.environ, "LOCAL_RANK": "0"}
