@@ -8,7 +8,8 @@
 #   bash tools/gpu_numerics.sh OUT        # beside the tree: .whl, data/build/tech-mix.jsonl.xz + -tokenizer
 # OUT/numerics/{reference,fused}/: metrics.jsonl, config.yaml, status.json, train.log. Compare them with
 #   python tools/numerics_report.py OUT/numerics      # the table and docs/img/levers-numerics.png
-# STEPS (default 256) optimizer steps of 65,536 tokens, lr 1e-3 (the main replication set's).
+# STEPS (default 256) optimizer steps of 65,536 tokens, lr 1e-3 (the main replication set's). ISOLATE=1: four
+# runs instead — the reference again (run-to-run noise) and each lever alone. OUT/numerics.tgz packs it all.
 set -uo pipefail
 OUT=${1:?usage: gpu_numerics.sh OUT}
 STEPS=${STEPS:-256}
@@ -32,7 +33,16 @@ train() {  # NAME ENV... -- OVERRIDES...: one run, its small files copied to OUT
     mv "$OUT/numerics/$name.log" "$OUT/numerics/$name/train.log"
     echo "$name: exit $rc" | tee -a "$OUT/summary.txt"
 }
-train reference SSA_KERNELS_REFERENCE=alignment_loss -- train.fused_swiglu=false train.cross_entropy=megatron &
-train fused PATH="$PATH" -- train.fused_swiglu=true train.cross_entropy=fused &
+off=(train.fused_swiglu=false train.cross_entropy=megatron)
+if [ "${ISOLATE:-0}" = 1 ]; then  # which lever: the reference twice (the run-to-run noise), each lever alone
+    train reference-2 SSA_KERNELS_REFERENCE=alignment_loss -- "${off[@]}" &
+    train alignment-fused PATH="$PATH" -- "${off[@]}" &
+    train swiglu-fused SSA_KERNELS_REFERENCE=alignment_loss -- "${off[@]}" train.fused_swiglu=true &
+    train ce-fused SSA_KERNELS_REFERENCE=alignment_loss -- "${off[@]}" train.cross_entropy=fused &
+else
+    train reference SSA_KERNELS_REFERENCE=alignment_loss -- "${off[@]}" &
+    train fused PATH="$PATH" -- train.fused_swiglu=true train.cross_entropy=fused &
+fi
 wait
+tar czf "$OUT/numerics.tgz" -C "$OUT" numerics  # more files than a call brings back one by one
 tail -n 3 "$OUT"/numerics/*/train.log | tee -a "$OUT/summary.txt"
