@@ -174,9 +174,10 @@ class TrainConfig(Section):
     """The training loss: Megatron's logits + cross-entropy, or `fused`: output projection and cross-entropy
     in one op that never keeps the `[tokens, vocab]` logits (`model/head.py`: Liger's kernel on CUDA when
     installed, else chunked PyTorch); `fused` needs parallel.tp=1."""
-    fused_swiglu: bool = True
-    """Megatron's fused SwiGLU (`bias_activation_fusion`: one compiled kernel each way, only its input kept
-    for backward). CUDA only: on CPU the plain SwiGLU runs whatever this says."""
+    fused_elementwise: bool = True
+    """Compiled element-wise kernels (`torch.compile`): Megatron's fused SwiGLU (`bias_activation_fusion`,
+    only its input kept for backward) and the per-head output gate. CUDA only: on CPU the plain ops run
+    whatever this says."""
     deepspeed_config: str = "configs/deepspeed/zero1.json"
     """DeepSpeed JSON (ZeRO stage 1 or 2 over the data-parallel group); its `"auto"` values are filled
     from this config. A relative path is looked up in the working directory, then in the repository."""

@@ -18,7 +18,7 @@
 # (d) if time is still left, the levers, each against the same variant and shape of (a): full and ssa at
 #     micro-batch 2 with --cross-entropy fused (Liger's fused linear cross-entropy when its wheel is in .whl —
 #     `pip download --no-deps liger-kernel==0.8.5 -d .whl`, pure Python, needs only torch, triton,
-#     packaging — else the chunked PyTorch path); full and ssa at micro-batch 1 with train.fused_swiglu=false
+#     packaging — else the chunked PyTorch path); full and ssa at micro-batch 1 with train.fused_elementwise=false
 #     (the default fuses it: the lever measured by its absence); full at micro-batch 2 with ZeRO-2
 #     (configs/deepspeed/zero2.json: gradients reduced into their partitions during backward).
 # Each part runs under `timeout`, capped so that the parts after it keep their share of BUDGET (default
@@ -72,7 +72,7 @@ bench seq_sweep 90 110 "${BENCH[@]}" --variants ssa --seq-len 16384 32768 65536 
 #     plain SwiGLU (what fusing it saves), ZeRO-2
 bench fused_ce 60 60 "${BENCH[@]}" --variants full ssa --micro-batch 2 --warmup 2 --steps 4 --cross-entropy fused
 bench swiglu_off 50 25 "${BENCH[@]}" --variants full ssa --micro-batch 1 --warmup 2 --steps 4 \
-    train.fused_swiglu=false
+    train.fused_elementwise=false
 bench zero2 40 0 "${BENCH[@]}" --variants full --micro-batch 2 --warmup 2 --steps 4 \
     train.deepspeed_config=configs/deepspeed/zero2.json
 

@@ -193,8 +193,17 @@ class GatedSelfAttention(SelfAttention):
         return (*qkv, gate)
 
     def _apply_output_gate(self, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
-        """x [sq, b, heads * d] times sigmoid(gate [sq, b, heads]) per head."""
-        sq, b, width = x.shape
-        heads = gate.shape[-1]
-        gated = x.view(sq, b, heads, width // heads) * torch.sigmoid(gate.float()).unsqueeze(-1)
-        return gated.view(sq, b, width).to(x.dtype)
+        """`per_head_gate`, compiled into one kernel each way when Megatron compiles its SwiGLU
+        (`bias_activation_fusion`, i.e. train.fused_elementwise on CUDA)."""
+        return (compiled_per_head_gate if self.config.bias_activation_fusion else per_head_gate)(x, gate)
+
+
+def per_head_gate(x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    """x [sq, b, heads * d] times sigmoid(gate [sq, b, heads]) per head; fp32 math, one rounding."""
+    sq, b, width = x.shape
+    heads = gate.shape[-1]
+    gated = x.view(sq, b, heads, width // heads) * torch.sigmoid(gate.float()).unsqueeze(-1)
+    return gated.view(sq, b, width).to(x.dtype)
+
+
+compiled_per_head_gate = torch.compile(per_head_gate)  # compiles at its first call, not at import

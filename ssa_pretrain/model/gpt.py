@@ -35,7 +35,7 @@ def padded_vocab_size(vocab_size: int, model: ModelConfig, tp: int) -> int:
 def transformer_config(cfg: Config, dtype: torch.dtype) -> SSATransformerConfig:
     """Megatron's TransformerConfig for a Llama-style decoder with SSA attention."""
     model = cfg.model
-    fusions = {"bias_activation_fusion": cfg.train.fused_swiglu}
+    fusions = {"bias_activation_fusion": cfg.train.fused_elementwise}
     if not torch.cuda.is_available():
         fusions.update(cpu_shims.CPU_CONFIG)  # their kernels are CUDA-only
     return SSATransformerConfig(

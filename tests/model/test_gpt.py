@@ -214,9 +214,9 @@ def test_activation_recomputation_gives_the_same_gradients(recompute):
         torch.testing.assert_close(g_rec[name], g_plain[name], atol=1e-6, rtol=1e-5, msg=name)
 
 
-def test_fused_swiglu_sets_megatrons_fusion_on_cuda_only(monkeypatch):
+def test_fused_elementwise_sets_megatrons_fusion_on_cuda_only(monkeypatch):
     assert not transformer_config(tiny_config(), torch.float32).bias_activation_fusion  # CPU: plain SwiGLU
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert transformer_config(tiny_config(), torch.float32).bias_activation_fusion
-    plain = tiny_config("train.fused_swiglu=false")
+    plain = tiny_config("train.fused_elementwise=false")
     assert not transformer_config(plain, torch.float32).bias_activation_fusion

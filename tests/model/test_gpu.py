@@ -56,13 +56,13 @@ def test_gpu_bf16_training_step_is_finite(variant):
         assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
-def test_gpu_fused_swiglu_matches_the_plain_one():
-    """`train.fused_swiglu` (Megatron's compiled SwiGLU) against the plain one: the same loss and gradients,
-    fp32 to float rounding, bf16 within bf16 rounding."""
+def test_gpu_fused_elementwise_ops_match_the_plain_ones():
+    """`train.fused_elementwise` (Megatron's compiled SwiGLU, the compiled output gate) against the plain ops:
+    the same loss and gradients, fp32 to float rounding, bf16 within bf16 rounding."""
     for dtype, tolerance in ((torch.float32, 1e-4), (torch.bfloat16, 3e-2)):
         results = []
         for fused in (False, True):
-            flag = f"train.fused_swiglu={str(fused).lower()}"
+            flag = f"train.fused_elementwise={str(fused).lower()}"
             cfg = tiny_config("data.seq_len=256", "ssa.variant=ssa", flag)
             torch.manual_seed(0)
             model = build_model(cfg, VOCAB).to(dtype).train()
@@ -77,3 +77,20 @@ def test_gpu_fused_swiglu_matches_the_plain_one():
         for name, ref in grads_ref.items():
             scale = ref.abs().max().clamp_min(1e-6)
             assert (grads[name] - ref).abs().max() / scale < tolerance * 2, (dtype, name)
+
+
+def test_gpu_compiled_output_gate_equals_the_plain_one():
+    """The compiled per-head gate: fp32 math rounded once, as the eager op; bf16 output and gradients."""
+    from ssa_pretrain.model.attention import compiled_per_head_gate, per_head_gate
+
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(256, 2, 8 * 64, device="cuda", generator=generator).bfloat16().requires_grad_()
+    gate = torch.randn(256, 2, 8, device="cuda", generator=generator).bfloat16().requires_grad_()
+    grad = torch.randn(256, 2, 8 * 64, device="cuda", generator=generator).bfloat16()
+    results = []
+    for op in (per_head_gate, compiled_per_head_gate):
+        out = op(x, gate)
+        results.append((out, *torch.autograd.grad(out, (x, gate), grad)))
+    for ref, got in zip(*results, strict=True):
+        assert got.dtype == ref.dtype == torch.bfloat16
+        torch.testing.assert_close(got.float(), ref.float(), atol=1e-2, rtol=1e-2)
