@@ -52,13 +52,14 @@ SAFE_DEEPSPEED_TYPES = (  # the non-tensor objects in DeepSpeed's ZeRO-1/2 optim
 )
 
 # What a resumed run may change. FIXED: the checkpoint's shapes or its data position depend on it (never).
-# FREE: logging, evaluation and checkpoint cadence, paths whose content is checked by hash (always).
+# FREE: logging, evaluation and checkpoint cadence, paths whose content is checked by hash, how the same math
+# is computed (recomputation, fused kernels, the fused loss) (always; also absent from an older checkpoint).
 # Everything else (optimizer, schedule, steps, method, precision) only with `--allow-config-change`.
 FIXED = ("model.", "parallel.", "data.seq_len", "train.micro_batch_size", "train.seed")
 FREE = (
     "logging.", "debug.", "data.dir", "data.tokenizer", "ssa.inference_mode", "train.log_interval",
     "train.eval_interval", "train.eval_batches", "train.save_interval", "train.keep_last",
-    "train.max_nonfinite", "train.recompute",
+    "train.max_nonfinite", "train.recompute", "train.fused_elementwise", "train.cross_entropy",
 )  # fmt: skip
 
 log = logging.getLogger(__name__)

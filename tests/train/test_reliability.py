@@ -18,11 +18,11 @@ import time
 import pytest
 import torch
 
-from ssa_pretrain.checkpoint import MODEL_STATES
+from ssa_pretrain.checkpoint import MODEL_STATES, check_resumable
 from ssa_pretrain.config import TrainConfig
 from ssa_pretrain.data.manifest import manifest_digest
 from ssa_pretrain.optim import lr_at
-from tests.helpers import REPO, read_metrics, train_command
+from tests.helpers import REPO, read_metrics, tiny_config, train_command
 from tests.train.test_train import FAST, run
 
 BASE = ["train.steps=6", "train.save_interval=2", "train.keep_last=3"]
@@ -295,3 +295,13 @@ def test_a_signal_landing_while_the_ranks_agree_is_not_lost(monkeypatch):
     monkeypatch.setattr(trainer_module.dist, "all_reduce", lambda flag, op=None: None)
     assert trainer._agree_to_stop()  # the next boundary stops
     assert trainer.stop_signal == signal.SIGUSR1
+
+
+def test_resume_may_change_how_the_same_math_is_computed(tmp_path):
+    """Kernel choices (fused element-wise ops, the fused loss) may change on resume, also from a checkpoint
+    written before they were config keys."""
+    cfg = tiny_config("train.cross_entropy=fused", "train.fused_elementwise=false")
+    saved = tiny_config().model_dump(mode="json")
+    del saved["train"]["cross_entropy"], saved["train"]["fused_elementwise"]  # an older checkpoint's config
+    meta = {"config": saved, "tokenizer_sha256": "t", "dataset_sha256": "d", "step": 4}
+    assert check_resumable(tmp_path, meta, cfg, "t", "d", allow_config_change=False) == {}
