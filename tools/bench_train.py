@@ -27,7 +27,8 @@ measured (an out-of-memory shape gives a line with `"oom": true` and the run goe
   — by the autograd sequence number — backward), GEMMs, norms/activations/RoPE/gate (the other work of the
   layers), logits + cross-entropy (output layer and loss), optimizer (`engine.step`), other (embedding,
   gradient bookkeeping, kernels the profiler could not attribute). On CPU the same split of CPU time.
-  `split_top`: per part, its kernels (CPU: ops) with the most time.
+  `split_top`: per part, its kernels (CPU: ops) with the most time; `split_launches`: how many it launched
+  (a part of many short kernels is bound by the host, not the device).
 * `memory` (`--memory`): per mode, the bytes the autograd graph of one forward keeps for backward (unique
   storages, parameters excluded, by `saved_tensors_hooks`), per layer and per part of a layer, the fp32 share
   and the largest tensors; on CUDA also the memory each layer leaves allocated after its forward.
@@ -247,6 +248,7 @@ def step_split(events: list[Any], cuda: bool) -> dict[str, Any]:
                 forward_ctx.setdefault((e.thread, e.sequence_nr), names)
     split = dict.fromkeys(PARTS, 0.0)
     by_name: dict[tuple[str, str], float] = defaultdict(float)  # (part, kernel or op) -> ms
+    launches: dict[str, int] = dict.fromkeys(PARTS, 0)  # kernels (CPU: ops) per part
     linked: dict[str, float] = defaultdict(float)  # kernel name -> device time attributed through its op
     for e in events:
         if e.device_type != DeviceType.CPU:
@@ -255,6 +257,7 @@ def step_split(events: list[Any], cuda: bool) -> dict[str, Any]:
             part = _part(_context(e, forward_ctx), "")
             split[part] += e.self_cpu_time_total / 1e3
             by_name[part, e.name] += e.self_cpu_time_total / 1e3
+            launches[part] += 1
         elif e.kernels:
             names = _context(e, forward_ctx)
             for k in e.kernels:
@@ -262,6 +265,7 @@ def step_split(events: list[Any], cuda: bool) -> dict[str, Any]:
                 split[part] += k.duration / 1e3
                 by_name[part, k.name] += k.duration / 1e3
                 linked[k.name] += k.duration / 1e3
+                launches[part] += 1
     busy = None
     if cuda:  # device work the profiler linked to no op: by kernel name (memcpy, memset, ... are `other`)
         ranges = {e.name for e in events if e.device_type == DeviceType.CPU}  # their device-side copies
@@ -283,6 +287,7 @@ def step_split(events: list[Any], cuda: bool) -> dict[str, Any]:
         "split_ms": {k: round(v, 3) for k, v in split.items()},
         "split_share": {k: round(v / total, 4) if total else 0.0 for k, v in split.items()},
         "split_top": {k: top[k] for k in PARTS if top[k]},
+        "split_launches": launches,
         "device_busy_ms": busy,
     }
 

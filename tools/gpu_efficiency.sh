@@ -18,8 +18,9 @@
 # (d) if time is still left, the levers, each against the same variant and shape of (a): full and ssa at
 #     micro-batch 2 with --cross-entropy fused (Liger's fused linear cross-entropy when its wheel is in .whl —
 #     `pip download --no-deps liger-kernel==0.8.5 -d .whl`, pure Python, needs only torch, triton,
-#     packaging — else the chunked PyTorch path); full and ssa at micro-batch 1 with train.fused_elementwise=false
-#     (the default fuses it: the lever measured by its absence); full at micro-batch 2 with ZeRO-2
+#     packaging — else the chunked PyTorch path); full and ssa at micro-batch 2 with
+#     train.fused_elementwise=false (the default compiles SwiGLU and the output gate: the lever measured by
+#     its absence); full at micro-batch 2 with ZeRO-2
 #     (configs/deepspeed/zero2.json: gradients reduced into their partitions during backward).
 # Each part runs under `timeout`, capped so that the parts after it keep their share of BUDGET (default
 # 540 s from the start of this script, setup included); a part with less than 25 s is skipped and said so.
@@ -69,9 +70,9 @@ bench seq_sweep 90 110 "${BENCH[@]}" --variants ssa --seq-len 16384 32768 65536 
     --micro-batch 1 --warmup 1 --steps 2 train.recompute=full
 
 # (d) the levers, if time is left: the fused linear cross-entropy (no [tokens, vocab] logits kept), the
-#     plain SwiGLU (what fusing it saves), ZeRO-2
+#     plain element-wise ops (what compiling them saves), ZeRO-2
 bench fused_ce 60 60 "${BENCH[@]}" --variants full ssa --micro-batch 2 --warmup 2 --steps 4 --cross-entropy fused
-bench swiglu_off 50 25 "${BENCH[@]}" --variants full ssa --micro-batch 1 --warmup 2 --steps 4 \
+bench elementwise_off 50 25 "${BENCH[@]}" --variants full ssa --micro-batch 2 --warmup 2 --steps 4 \
     train.fused_elementwise=false
 bench zero2 40 0 "${BENCH[@]}" --variants full --micro-batch 2 --warmup 2 --steps 4 \
     train.deepspeed_config=configs/deepspeed/zero2.json

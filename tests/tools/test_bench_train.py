@@ -51,6 +51,8 @@ def test_anchor_beside_ssa_with_split_and_memory(bench_train):
             assert [ms for _, ms in top] == sorted((ms for _, ms in top), reverse=True)
             assert sum(ms for _, ms in top) <= row["split_ms"][part] * (1 + 1e-6) + 1e-3
         assert any(name == "aten::mm" for name, _ in row["split_top"]["gemm"])
+        assert set(row["split_launches"]) == set(bench_train.PARTS)
+        assert all((row["split_launches"][part] > 0) == (ms > 0) for part, ms in row["split_ms"].items())
     assert anchor["split_ms"]["full_attention"] > 0
     assert anchor["split_ms"]["selection"] == anchor["split_ms"]["sparse_attention"] == 0
     assert anchor["split_ms"]["alignment"] == 0
