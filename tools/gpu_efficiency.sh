@@ -18,7 +18,8 @@
 # (d) if time is still left, the levers, each against the same variant and shape of (a): full and ssa at
 #     micro-batch 2 with --cross-entropy fused (Liger's fused linear cross-entropy when its wheel is in .whl —
 #     `pip download --no-deps liger-kernel==0.8.5 -d .whl`, pure Python, needs only torch, triton,
-#     packaging — else the chunked PyTorch path); full and ssa at micro-batch 2 with
+#     packaging — else the chunked PyTorch path), and with Megatron's own fused cross-entropy
+#     (--cross-entropy megatron_fused: its compiled vocab-parallel loss); full and ssa at micro-batch 2 with
 #     train.fused_elementwise=false (the default compiles SwiGLU and the output gate: the lever measured by
 #     its absence); full at micro-batch 2 with ZeRO-2
 #     (configs/deepspeed/zero2.json: gradients reduced into their partitions during backward).
@@ -71,7 +72,9 @@ bench seq_sweep 90 110 "${BENCH[@]}" --variants ssa --seq-len 16384 32768 65536 
 
 # (d) the levers, if time is left: the fused linear cross-entropy (no [tokens, vocab] logits kept), the
 #     plain element-wise ops (what compiling them saves), ZeRO-2
-bench fused_ce 60 60 "${BENCH[@]}" --variants full ssa --micro-batch 2 --warmup 2 --steps 4 --cross-entropy fused
+bench fused_ce 60 90 "${BENCH[@]}" --variants full ssa --micro-batch 2 --warmup 2 --steps 4 --cross-entropy fused
+bench megatron_ce 50 60 "${BENCH[@]}" --variants full ssa --micro-batch 2 --warmup 2 --steps 4 \
+    --cross-entropy megatron_fused
 bench elementwise_off 50 25 "${BENCH[@]}" --variants full ssa --micro-batch 2 --warmup 2 --steps 4 \
     train.fused_elementwise=false
 bench zero2 40 0 "${BENCH[@]}" --variants full --micro-batch 2 --warmup 2 --steps 4 \
