@@ -4,8 +4,11 @@ At the 1B shape (128K vocabulary) Megatron's path keeps bf16 logits and fp32 sof
 vocab = 0.75 MB per token, 6 GiB at 8,192 tokens, against ~1 GiB for all 16 layers' attention outputs.
 `use_fused_cross_entropy` reroutes a GPT's training forward (the one given `labels`) through
 `linear_cross_entropy`: Liger's fused linear cross-entropy on CUDA when `liger-kernel` is installed (chunks of
-tokens, logits recomputed in backward), else the same chunking in plain PyTorch. Without labels (evaluation,
-inference, export) the model returns its logits as before.
+tokens; the gradients are computed in the forward, nothing is recomputed), else the same chunking in plain
+PyTorch (logits recomputed in backward). That forward returns the mean loss over the tokens — all the trainer
+uses — rather than Megatron's per-token `[B, S]`: Liger computes its gradients in the forward only for a
+mean (or sum), a per-token loss makes it recompute every chunk's logits in backward. Without labels
+(evaluation, inference, export) the model returns its logits as before.
 """
 
 from __future__ import annotations
@@ -38,45 +41,39 @@ def _chunk_loss(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Per-token cross-entropy of the logits `hidden @ weight.T`, without keeping them.
+    """Mean cross-entropy over the tokens of the logits `hidden @ weight.T`, without keeping them.
 
     Args:
         hidden: `[B, S, H]` final hidden states; weight: `[V, H]` output projection; labels: `[B, S]`.
 
     Returns:
-        loss: `[B, S]` fp32, as Megatron's `compute_language_model_loss` returns it.
+        loss: 0-dim fp32, the mean of what Megatron's `compute_language_model_loss` returns per token.
     """
     flat, target = hidden.reshape(-1, hidden.shape[-1]), labels.reshape(-1)
     liger = _liger() if hidden.is_cuda else None
     if liger is not None:
         # input, weight, target, bias, class weights, ignore index, z-loss, label smoothing, reduction,
         # softcap, z-loss output, fp32 accumulation of the weight gradient (bf16 weights: as autograd's)
-        loss = liger.apply(
-            flat, weight, target, None, None, -100, 0.0, 0.0, "none", None, False, torch.float32
-        )[0]
-    else:
-        chunks = range(0, flat.shape[0], CHUNK_TOKENS)
-        loss = torch.cat(
-            [
-                checkpoint(
-                    _chunk_loss,
-                    flat[i : i + CHUNK_TOKENS],
-                    weight,
-                    target[i : i + CHUNK_TOKENS],
-                    use_reentrant=False,
-                )
-                for i in chunks
-            ]
+        return liger.apply(
+            flat, weight, target, None, None, -100, 0.0, 0.0, "mean", None, False, torch.float32
+        )[0].float()
+    chunks = range(0, flat.shape[0], CHUNK_TOKENS)
+    losses = [
+        checkpoint(
+            _chunk_loss, flat[i : i + CHUNK_TOKENS], weight, target[i : i + CHUNK_TOKENS], use_reentrant=False
         )
-    return loss.float().view(labels.shape)
+        for i in chunks
+    ]
+    return torch.cat(losses).mean()
 
 
 def use_fused_cross_entropy(model: torch.nn.Module) -> None:
     """Make `model` (a Megatron `GPTModel`) compute its training loss with `linear_cross_entropy`.
 
     Given `labels`, the output layer hands its input and weight on instead of computing logits, and the loss
-    is computed from them; the returned per-token loss `[B, S]` is the same up to float rounding. Tensor
-    parallelism is not supported (the vocabulary would be split across ranks).
+    is computed from them: the forward returns the mean over the tokens of Megatron's per-token loss (0-dim),
+    the same up to float rounding. Tensor parallelism is not supported (the vocabulary would be split across
+    ranks).
     """
     if parallel_state.get_tensor_model_parallel_world_size() > 1:
         raise ValueError("fused cross-entropy needs parallel.tp=1 (the output layer splits the vocabulary)")

@@ -1,6 +1,6 @@
-"""`train.cross_entropy=fused` (`use_fused_cross_entropy`): the training loss and every gradient equal
-Megatron's logits + cross-entropy path (fp32, chunked PyTorch on CPU), the `[tokens, vocab]` logits are never
-saved, and without labels the model still returns its logits."""
+"""`train.cross_entropy=fused` (`use_fused_cross_entropy`): the training loss (the mean over the tokens) and
+every gradient equal Megatron's logits + cross-entropy path (fp32, chunked PyTorch on CPU), the
+`[tokens, vocab]` logits are never saved, and without labels the model still returns its logits."""
 
 from __future__ import annotations
 
@@ -33,15 +33,16 @@ def batch() -> torch.Tensor:
 def test_loss_and_gradients_equal_megatrons(monkeypatch, mode):
     monkeypatch.setattr(head, "CHUNK_TOKENS", 48)  # 128 tokens: three chunks, the last one short
     results = []
-    for model in models():
+    for model, shape in zip(models(), [(2, 64), ()], strict=True):  # Megatron's per token, the fused mean
         set_attention_mode(model, mode)
         tokens = batch()
-        loss = model(tokens[:, :-1], None, None, labels=tokens[:, 1:])
-        loss.mean().backward()
+        out = model(tokens[:, :-1], None, None, labels=tokens[:, 1:])
+        assert out.shape == shape
+        loss = out.mean()
+        loss.backward()
         grads = {n: p.grad for n, p in model.named_parameters()}
         results.append((loss.detach(), grads))
     (loss_ref, grads_ref), (loss, grads) = results
-    assert loss.shape == loss_ref.shape == (2, 64)
     torch.testing.assert_close(loss, loss_ref, atol=1e-6, rtol=1e-5)
     for name, ref in grads_ref.items():
         torch.testing.assert_close(grads[name], ref, atol=1e-6, rtol=1e-5, msg=name)
@@ -87,8 +88,8 @@ def test_gpu_bf16_loss_and_gradients_close_to_megatrons():
     tokens = batch().cuda()
     results = []
     for model in (plain, fused):
-        loss = model(tokens[:, :-1], None, None, labels=tokens[:, 1:])
-        loss.mean().backward()
+        loss = model(tokens[:, :-1], None, None, labels=tokens[:, 1:]).mean()
+        loss.backward()
         results.append((loss.detach().float(), {n: p.grad.float() for n, p in model.named_parameters()}))
     (loss_ref, grads_ref), (loss, grads) = results
     torch.testing.assert_close(loss, loss_ref, atol=2e-2, rtol=2e-2)
