@@ -8,7 +8,8 @@
 # (0) the fused alignment loss against its reference on this GPU (ALIGNMENT_GPU_TEST of gpu_setup.sh)
 #     before any timed step uses it: if it fails, every part below runs with
 #     SSA_KERNELS_REFERENCE=alignment_loss (the reference) and the summary says so; then its kernels timed
-#     against the reference (tools/bench_attention.py --alignment -> OUT/bench_alignment.jsonl);
+#     against the reference (tools/bench_attention.py --alignment -> OUT/bench_alignment.jsonl); the GPU tests
+#     of the fused loss and the compiled element-wise ops against the plain ones;
 # (a) 1B at 8,192 tokens, micro-batch 1 and 2: ssa, full, anchor, sparse (in that order: the part may be
 #     cut by its timeout, the first ones matter most), with --split --memory;
 # (b) ~40M at 2,048 tokens (8 layers x 512, 8 q / 2 kv heads, FFN 1536, 32K vocabulary: 40.6M parameters),
@@ -54,7 +55,10 @@ BENCH=(python3 tools/bench_train.py --out "$JSONL")
 part alignment_test 60 250 "${ALIGNMENT_GPU_TEST[@]}" \
     || { say "fused alignment loss failed its GPU test: the parts below use its reference"
          export SSA_KERNELS_REFERENCE=alignment_loss; }
-part alignment_bench 40 440 python3 tools/bench_attention.py --alignment --append "$OUT/bench_alignment.jsonl" \
+part fused_ops_test 60 440 python3 -m pytest -q -m gpu -p no:cacheprovider tests/model/test_head.py \
+    tests/model/test_gpu.py -k "megatrons or fused or gate" \
+    || say "the fused loss or the compiled element-wise ops failed their GPU tests: read their lines below as suspect"
+part alignment_bench 40 420 python3 tools/bench_attention.py --alignment --append "$OUT/bench_alignment.jsonl" \
     && tail -n 12 "$OUT/logs/alignment_bench.log" | tee -a "$OUT/summary.txt"
 
 # (a) 1B, 8K: every variant, micro-batch 1 and 2
