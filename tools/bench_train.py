@@ -34,7 +34,7 @@ measured (an out-of-memory shape gives a line with `"oom": true` and the run goe
   and the largest tensors; on CUDA also the memory each layer leaves allocated after its forward.
 
 **Context-parallel rank simulation** (`--simulate-cp P`, one process): the step of CP rank 0 of `P` — its
-share of every sequence (`seq_len / P` tokens through the embedding, the layers, the loss and its half of
+share of every sequence (`seq_len / P` tokens through the embedding, the layers, the loss and its 1/P of
 ZeRO's optimizer partitions), its attention against the whole sequence by `parallel.cp_comm` — under torch's
 fake process group (collectives return at once; Megatron's and DeepSpeed's groups have their real sizes)
 while each SSA layer communicates through `SimulatedComm`, which copies the bytes a transfer would move
