@@ -394,9 +394,9 @@ def bench_config(args: argparse.Namespace, variant: str, seq_len: int, micro_bat
 
 
 def simulated_cp_world(size: int) -> None:
-    """This process as rank 0 of a context-parallel group of `size`: torch's fake process group (every
-    collective returns at once, nothing is sent) under Megatron's groups (no gloo groups: they would wait for
-    peers)."""
+    """This process as rank 0 of a context-parallel group of `size`: torch's fake process group
+    (`torch.testing._internal.distributed.fake_pg`, the one torchtitan's dry runs use: every collective
+    returns at once, nothing is sent) under Megatron's groups (no gloo groups: they would wait for peers)."""
     from torch.testing._internal.distributed.fake_pg import FakeStore
 
     os.environ.update(RANK="0", WORLD_SIZE=str(size), LOCAL_RANK="0")  # DeepSpeed reads them

@@ -38,16 +38,16 @@ train() {  # NAME ENV... -- OVERRIDES...: one run, its small files copied to OUT
 off=(train.fused_elementwise=false train.cross_entropy=megatron)
 if [ "${ISOLATE:-0}" = seeds ]; then  # the reference and the two levers that moved its curve, at SEED
     train reference SSA_KERNELS_REFERENCE=alignment_loss -- "${off[@]}" &
-    train alignment-fused PATH="$PATH" -- "${off[@]}" &
+    train alignment-fused -- "${off[@]}" &
     train elementwise-fused SSA_KERNELS_REFERENCE=alignment_loss -- "${off[@]}" train.fused_elementwise=true &
 elif [ "${ISOLATE:-0}" = 1 ]; then  # which lever: the reference twice (the run-to-run noise), each lever alone
     train reference-2 SSA_KERNELS_REFERENCE=alignment_loss -- "${off[@]}" &
-    train alignment-fused PATH="$PATH" -- "${off[@]}" &
+    train alignment-fused -- "${off[@]}" &
     train elementwise-fused SSA_KERNELS_REFERENCE=alignment_loss -- "${off[@]}" train.fused_elementwise=true &
     train ce-fused SSA_KERNELS_REFERENCE=alignment_loss -- "${off[@]}" train.cross_entropy=fused &
 else
     train reference SSA_KERNELS_REFERENCE=alignment_loss -- "${off[@]}" &
-    train fused PATH="$PATH" -- train.fused_elementwise=true train.cross_entropy=fused &
+    train fused -- train.fused_elementwise=true train.cross_entropy=fused &
 fi
 wait
 tar czf "$OUT/numerics.tgz" -C "$OUT" numerics  # more files than a call brings back one by one
