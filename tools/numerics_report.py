@@ -11,23 +11,20 @@ absolute value, and the final validation loss in both modes with its difference.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 from pathlib import Path
 
-
-def metrics(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+from ssa_pretrain.sweep.report import read_metrics
 
 
 def rows(root: Path, from_step: int) -> list[dict]:
     """One row per (seed, run); the reference of each seed first."""
     out = []
     for seed_dir in sorted(root.glob("seed-*"), key=lambda p: int(p.name.split("-")[1])):
-        reference = {r["step"]: r for r in metrics(seed_dir / "reference")}
+        reference = {r["step"]: r for r in read_metrics(seed_dir / "reference")}
         runs = sorted(seed_dir.iterdir(), key=lambda p: (p.name != "reference", p.name))
         for run in runs:
-            logged = metrics(run)
+            logged = read_metrics(run)
             diffs = [r["ce"] - reference[r["step"]]["ce"] for r in logged if r["step"] > from_step]
             last, ref_last = logged[-1], reference[max(reference)]
             out.append(
