@@ -246,48 +246,47 @@ def step_split(events: list[Any], cuda: bool) -> dict[str, Any]:
             names = _context(e, {})
             if not any(_is_backward_node(n) for n in names):
                 forward_ctx.setdefault((e.thread, e.sequence_nr), names)
-    split = dict.fromkeys(PARTS, 0.0)
-    by_name: dict[tuple[str, str], float] = defaultdict(float)  # (part, kernel or op) -> ms
-    launches: dict[str, int] = dict.fromkeys(PARTS, 0)  # kernels (CPU: ops) per part
-    linked: dict[str, float] = defaultdict(float)  # kernel name -> device time attributed through its op
+    spent: dict[tuple[str, str], float] = defaultdict(float)  # (part, kernel or op) -> ms
+    launched: dict[tuple[str, str], int] = defaultdict(int)  # (part, kernel or op) -> launches
+
+    def add(part: str, name: str, ms: float, launches: int = 1) -> None:
+        spent[part, name] += ms
+        launched[part, name] += launches
+
+    linked: dict[str, list] = defaultdict(lambda: [0.0, 0])  # kernel name -> [ms, launches] through its op
     for e in events:
         if e.device_type != DeviceType.CPU:
             continue
         if not cuda:
-            part = _part(_context(e, forward_ctx), "")
-            split[part] += e.self_cpu_time_total / 1e3
-            by_name[part, e.name] += e.self_cpu_time_total / 1e3
-            launches[part] += 1
+            add(_part(_context(e, forward_ctx), ""), e.name, e.self_cpu_time_total / 1e3)
         elif e.kernels:
             names = _context(e, forward_ctx)
             for k in e.kernels:
-                part = _part(names, k.name)
-                split[part] += k.duration / 1e3
-                by_name[part, k.name] += k.duration / 1e3
-                linked[k.name] += k.duration / 1e3
-                launches[part] += 1
+                add(_part(names, k.name), k.name, k.duration / 1e3)
+                linked[k.name][0] += k.duration / 1e3
+                linked[k.name][1] += 1
     busy = None
     if cuda:  # device work the profiler linked to no op: by kernel name (memcpy, memset, ... are `other`)
         ranges = {e.name for e in events if e.device_type == DeviceType.CPU}  # their device-side copies
-        device: dict[str, float] = defaultdict(float)
+        device: dict[str, list] = defaultdict(lambda: [0.0, 0])
         for e in events:
             if e.device_type == DeviceType.CUDA and e.name not in ranges:
-                device[e.name] += e.time_range.elapsed_us() / 1e3
-        busy = sum(device.values())
-        for name, ms in device.items():
-            part = _part([], name)
-            split[part] += max(0.0, ms - linked[name])
-            by_name[part, name] += max(0.0, ms - linked[name])
+                device[e.name][0] += e.time_range.elapsed_us() / 1e3
+                device[e.name][1] += 1
+        busy = sum(ms for ms, _ in device.values())
+        for name, (ms, launches) in device.items():
+            add(_part([], name), name, max(0.0, ms - linked[name][0]), max(0, launches - linked[name][1]))
+    split = {part: sum(ms for (p, _), ms in spent.items() if p == part) for part in PARTS}
     total = sum(split.values())
     top: dict[str, list] = defaultdict(list)
-    for (part, name), ms in sorted(by_name.items(), key=lambda kv: -kv[1]):
+    for (part, name), ms in sorted(spent.items(), key=lambda kv: -kv[1]):
         if len(top[part]) < TOP_KERNELS and ms > 0:
             top[part].append([name[:120], round(ms, 3)])
     return {
         "split_ms": {k: round(v, 3) for k, v in split.items()},
         "split_share": {k: round(v / total, 4) if total else 0.0 for k, v in split.items()},
         "split_top": {k: top[k] for k in PARTS if top[k]},
-        "split_launches": launches,
+        "split_launches": {part: sum(n for (p, _), n in launched.items() if p == part) for part in PARTS},
         "device_busy_ms": busy,
     }
 
