@@ -56,7 +56,7 @@ part alignment_test 60 250 "${ALIGNMENT_GPU_TEST[@]}" \
     || { say "fused alignment loss failed its GPU test: the parts below use its reference"
          export SSA_KERNELS_REFERENCE=alignment_loss; }
 part fused_ops_test 60 440 python3 -m pytest -q -m gpu -p no:cacheprovider tests/model/test_head.py \
-    tests/model/test_gpu.py -k "megatrons or fused or gate" \
+    tests/model/test_gpu.py -k "megatrons or fused or elementwise" \
     || say "the fused loss or the compiled element-wise ops failed their GPU tests: read their lines below as suspect"
 part alignment_bench 40 420 python3 tools/bench_attention.py --alignment --append "$OUT/bench_alignment.jsonl" \
     && tail -n 12 "$OUT/logs/alignment_bench.log" | tee -a "$OUT/summary.txt"

@@ -1,16 +1,20 @@
-"""SSA attention as Megatron-Core modules: a core attention and a self-attention with a per-head gate.
+"""SSA attention as Megatron-Core modules: a core attention and the self-attention around it.
 
 Both are injected through a `ModuleSpec` (see `spec.py`); Megatron's layer is not forked.
 
-* `SSACoreAttention` replaces `DotProductAttention`. It receives RoPE'd `query [sq, b, hq, d]` and
+* `SSACoreAttention` replaces `DotProductAttention`. It receives `query [sq, b, hq, d]` and
   `key/value [sk, b, hkv, d]` (this rank's heads; GQA not expanded) and returns `[sq, b, hq * d]`.
   It runs the branch of the current mode and, in SSA training, the counterpart branch too, whose only
   use is the alignment loss attached to the output (`alignment.py`).
-* `GatedSelfAttention` adds the per-head output gate `g = sigmoid(W_g x)` (NSA / released SSA models).
-  It reuses Megatron's own gating hook: with `attention_output_gate` set, Megatron applies
-  `_apply_output_gate(core_out, gate)` between core attention and the output projection. We return our
-  per-head gate from `get_query_key_value_tensors` and override `_apply_output_gate`; Megatron's own
-  (element-wise, carved out of `linear_qkv`) gate weights are not created.
+* `SSASelfAttention` is Megatron's `SelfAttention` with two changes:
+  - RoPE moves into the core attention, which rotates query and key in the same pass that copies them
+    into the kernels' `[b, s, heads, d]` layout (`to_batch_major`; one compiled kernel each way with
+    `train.fused_elementwise`) instead of Megatron's eager RoPE of some ten passes over query and key;
+  - the per-head output gate `g = sigmoid(W_g x)` (NSA / released SSA models), when configured. It
+    reuses Megatron's gating hook: with `attention_output_gate` set, Megatron applies
+    `_apply_output_gate(core_out, gate)` between core attention and the output projection. We return our
+    per-head gate from `get_query_key_value_tensors` and override `_apply_output_gate`; Megatron's own
+    (element-wise, carved out of `linear_qkv`) gate weights are not created.
 """
 
 from __future__ import annotations
@@ -86,6 +90,10 @@ class SSACoreAttention(MegatronModule):
         self.last_alignment: torch.Tensor | None = (
             None  # D(a_full, a_sparse) of the last forward, for logging
         )
+        # RoPE frequencies (query's, key's) `[s, 1, 1, d]` for the next forward, set by `SSASelfAttention`
+        # (None: query and key come rotated, or without positions)
+        self.rotary_pos_emb: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.fused_elementwise = config.bias_activation_fusion
 
     # Each branch takes this rank's share `[b, s, heads, d]`; under context parallelism the ring ops of
     # `ssa_pretrain.parallel` see the whole sequence, and a CP group of one calls `ssa_kernels` directly.
@@ -145,7 +153,10 @@ class SSACoreAttention(MegatronModule):
             )
         # [b, s, heads, d], one contiguous copy that both branches save (each kernel would copy its own);
         # `value` is a view of Megatron's fused qkv projection, which a saved view would keep alive whole.
-        q, k, v = (t.transpose(0, 1).contiguous() for t in (query, key, value))
+        # The copies of query and key apply RoPE.
+        q_freqs, k_freqs = self.rotary_pos_emb or (None, None)
+        layout_copy = compiled_to_batch_major if self.fused_elementwise else to_batch_major
+        q, k, v = layout_copy(query, q_freqs), layout_copy(key, k_freqs), layout_copy(value, None)
         if self.computes_alignment():
             a_full, a_sparse = self._full_and_sparse(q, k, v)
             out = a_full if self.mode == "full" else a_sparse
@@ -160,16 +171,36 @@ class SSACoreAttention(MegatronModule):
         return out.transpose(0, 1).reshape(sq, b, -1)
 
 
-class GatedSelfAttention(SelfAttention):
-    """Megatron `SelfAttention` with the per-head sigmoid output gate of the SSA/NSA models."""
+def to_batch_major(x: torch.Tensor, freqs: torch.Tensor | None) -> torch.Tensor:
+    """x `[s, b, heads, d]` -> contiguous `[b, s, heads, d]`, rotated by RoPE when `freqs` `[s, 1, 1, d]`
+    (Megatron's non-interleaved rotation: x cos + rotate_half(x) sin, in fp32, rounded once) is given."""
+    if freqs is not None:
+        if freqs.shape[-1] != x.shape[-1]:
+            raise ValueError(f"RoPE over {freqs.shape[-1]} of {x.shape[-1]} channels is not supported")
+        x32 = x.float()
+        x1, x2 = x32.chunk(2, dim=-1)
+        x = (x32 * freqs.cos() + torch.cat((-x2, x1), dim=-1) * freqs.sin()).to(x.dtype)
+    return x.transpose(0, 1).contiguous()
+
+
+compiled_to_batch_major = torch.compile(to_batch_major)  # compiles at its first call, not at import
+
+
+class SSASelfAttention(SelfAttention):
+    """Megatron `SelfAttention` whose core attention applies RoPE, with the optional per-head sigmoid output
+    gate of the SSA/NSA models."""
 
     def __init__(self, config: SSATransformerConfig, submodules, layer_number: int, **kwargs):
+        if config.rotary_interleaved:
+            raise ValueError("SSA attention applies non-interleaved RoPE; set rotary_interleaved=False")
         # Build Megatron's layer without its element-wise gate (no extra linear_qkv columns) ...
         super().__init__(
             dataclasses.replace(config, attention_output_gate=False), submodules, layer_number, **kwargs
         )
-        # ... then switch the gating hook on so forward() applies our per-head gate.
         self.config = config
+        if not config.attention_output_gate:
+            return
+        # ... then, with the gate, switch the gating hook on so forward() applies our per-head gate.
         self.linear_gate = ColumnParallelLinear(
             config.hidden_size,
             config.num_attention_heads,
@@ -181,6 +212,17 @@ class GatedSelfAttention(SelfAttention):
             is_expert=False,
             tp_group=self.pg_collection.tp,
         )
+
+    def forward(self, hidden_states: torch.Tensor, *args, rotary_pos_emb=None, **kwargs):
+        """Megatron's forward, with the RoPE frequencies handed to the core attention instead (in training
+        and evaluation; Megatron's inference paths, given an `inference_context`, keep its own RoPE)."""
+        if kwargs.get("inference_context") is not None or kwargs.get("inference_params") is not None:
+            self.core_attention.rotary_pos_emb = None
+            return super().forward(hidden_states, *args, rotary_pos_emb=rotary_pos_emb, **kwargs)
+        if rotary_pos_emb is not None and not isinstance(rotary_pos_emb, tuple):
+            rotary_pos_emb = (rotary_pos_emb, rotary_pos_emb)  # self-attention: the same for both
+        self.core_attention.rotary_pos_emb = rotary_pos_emb
+        return super().forward(hidden_states, *args, rotary_pos_emb=None, **kwargs)
 
     def get_query_key_value_tensors(
         self, hidden_states, key_value_states=None, output_gate=False, split_qkv=True

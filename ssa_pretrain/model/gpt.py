@@ -81,7 +81,7 @@ def build_model(
     device = torch.device(device or (torch.cuda.current_device() if torch.cuda.is_available() else "cpu"))
     with torch.device("meta") if device.type == "meta" else contextlib.nullcontext():
         model = _gpt(
-            cfg, vocab_size, dtype, tp, block_spec or get_ssa_block_spec(cfg.ssa, cfg.model.num_layers)
+            cfg, vocab_size, dtype, tp, block_spec or get_ssa_block_spec(cfg.model.num_layers)
         )
     if cfg.train.cross_entropy == "fused":
         use_fused_cross_entropy(model)

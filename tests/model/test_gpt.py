@@ -220,3 +220,23 @@ def test_fused_elementwise_sets_megatrons_fusion_on_cuda_only(monkeypatch):
     assert transformer_config(tiny_config(), torch.float32).bias_activation_fusion
     plain = tiny_config("train.fused_elementwise=false")
     assert not transformer_config(plain, torch.float32).bias_activation_fusion
+
+
+def test_the_core_attentions_rope_equals_megatrons():
+    """`to_batch_major` rotates as Megatron's RoPE (then transposes), forward and backward, fp32."""
+    from megatron.core.models.common.embeddings.rope_utils import _apply_rotary_pos_emb_bshd
+
+    from ssa_pretrain.model.attention import to_batch_major
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(24, 2, 4, 16, generator=generator, dtype=torch.float64).float().requires_grad_()
+    angles = torch.outer(torch.arange(24.0), 1.0 / 500000.0 ** (torch.arange(0, 16, 2) / 16))
+    freqs = torch.cat((angles, angles), -1)[:, None, None]  # Megatron's RotaryEmbedding layout
+    grad = torch.randn(2, 24, 4, 16, generator=generator)
+    ours = to_batch_major(x, freqs)
+    megatrons = _apply_rotary_pos_emb_bshd(x, freqs).transpose(0, 1)
+    torch.testing.assert_close(ours, megatrons, atol=1e-6, rtol=1e-6)
+    assert ours.is_contiguous()
+    torch.testing.assert_close(*(torch.autograd.grad(y, x, grad)[0] for y in (ours, megatrons)))
+    with pytest.raises(ValueError, match="RoPE over 8 of 16 channels"):
+        to_batch_major(x, freqs[..., :8])

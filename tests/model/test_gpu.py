@@ -79,18 +79,33 @@ def test_gpu_fused_elementwise_ops_match_the_plain_ones():
             assert (grads[name] - ref).abs().max() / scale < tolerance * 2, (dtype, name)
 
 
-def test_gpu_compiled_output_gate_equals_the_plain_one():
-    """The compiled per-head gate: fp32 math rounded once, as the eager op; bf16 output and gradients."""
-    from ssa_pretrain.model.attention import compiled_per_head_gate, per_head_gate
+def _gate_inputs(generator):
+    x = torch.randn(256, 2, 8 * 64, device="cuda", generator=generator).bfloat16()
+    gate = torch.randn(256, 2, 8, device="cuda", generator=generator).bfloat16()
+    return (x, gate), torch.randn(256, 2, 8 * 64, device="cuda", generator=generator).bfloat16()
+
+
+def _rope_inputs(generator):
+    x = torch.randn(256, 2, 8, 64, device="cuda", generator=generator).bfloat16()
+    angles = torch.outer(torch.arange(256.0, device="cuda"), 1e-3 ** torch.linspace(0, 1, 32, device="cuda"))
+    freqs = torch.cat((angles, angles), -1)[:, None, None]
+    return (x, freqs), torch.randn(2, 256, 8, 64, device="cuda", generator=generator).bfloat16()
+
+
+@pytest.mark.parametrize("op", ["per_head_gate", "to_batch_major"])
+def test_gpu_compiled_elementwise_op_equals_the_plain_one(op):
+    """The compiled output gate and RoPE layout copy: fp32 math rounded once, as the eager op; bf16 output
+    and gradients of the bf16 inputs."""
+    from ssa_pretrain.model import attention
 
     generator = torch.Generator(device="cuda").manual_seed(0)
-    x = torch.randn(256, 2, 8 * 64, device="cuda", generator=generator).bfloat16().requires_grad_()
-    gate = torch.randn(256, 2, 8, device="cuda", generator=generator).bfloat16().requires_grad_()
-    grad = torch.randn(256, 2, 8 * 64, device="cuda", generator=generator).bfloat16()
+    inputs, grad = (_gate_inputs if op == "per_head_gate" else _rope_inputs)(generator)
+    inputs = [t.requires_grad_() if t.dtype == torch.bfloat16 else t for t in inputs]
+    differentiable = [t for t in inputs if t.requires_grad]
     results = []
-    for op in (per_head_gate, compiled_per_head_gate):
-        out = op(x, gate)
-        results.append((out, *torch.autograd.grad(out, (x, gate), grad)))
+    for fn in (getattr(attention, op), getattr(attention, f"compiled_{op}")):
+        out = fn(*inputs)
+        results.append((out, *torch.autograd.grad(out, differentiable, grad)))
     for ref, got in zip(*results, strict=True):
         assert got.dtype == ref.dtype == torch.bfloat16
         torch.testing.assert_close(got.float(), ref.float(), atol=1e-2, rtol=1e-2)
