@@ -80,9 +80,7 @@ def build_model(
         raise ValueError(f"parallel.tp={cfg.parallel.tp} but parallel_state was initialised with tp={tp}")
     device = torch.device(device or (torch.cuda.current_device() if torch.cuda.is_available() else "cpu"))
     with torch.device("meta") if device.type == "meta" else contextlib.nullcontext():
-        model = _gpt(
-            cfg, vocab_size, dtype, tp, block_spec or get_ssa_block_spec(cfg.model.num_layers)
-        )
+        model = _gpt(cfg, vocab_size, dtype, tp, block_spec or get_ssa_block_spec(cfg.model.num_layers))
     if cfg.train.cross_entropy == "fused":
         use_fused_cross_entropy(model)
     return model.to(device)
