@@ -176,8 +176,8 @@ class TrainConfig(Section):
     installed, else chunked PyTorch); `fused` needs parallel.tp=1."""
     fused_elementwise: bool = True
     """Compiled element-wise kernels (`torch.compile`): Megatron's fused SwiGLU (`bias_activation_fusion`,
-    only its input kept for backward) and the per-head output gate. CUDA only: on CPU the plain ops run
-    whatever this says."""
+    only its input kept for backward), the per-head output gate, and RoPE with the copy of query and key into
+    the attention kernels' layout. CUDA only: on CPU the plain ops run whatever this says."""
     deepspeed_config: str = "configs/deepspeed/zero1.json"
     """DeepSpeed JSON (ZeRO stage 1 or 2 over the data-parallel group); its `"auto"` values are filled
     from this config. A relative path is looked up in the working directory, then in the repository."""

@@ -4,6 +4,7 @@
     python tools/bench_attention.py --seqlens 8192 --append docs/perf/bench_attention.jsonl
     python tools/bench_attention.py --tune fwd dq --seqlens 65536  # sweep launch parameters (all: --tune)
     python tools/bench_attention.py --alignment          # the alignment loss: Triton vs reference, fwd+bwd
+    python tools/bench_attention.py --sink --seqlens 8192  # block 0 an attention sink, every token selects it
     git archive REV kernels | tar -x -C /tmp/prev            # the kernels of another revision, then:
     python tools/bench_attention.py --baseline /tmp/prev/kernels --baseline-name REV
 
@@ -13,8 +14,11 @@ CUDA-event timings (`triton.testing.do_bench`). `sparse_fwd_bwd_ms` includes the
 is plain `F.scaled_dot_product_attention` restricted to the cuDNN backend, in the same process. With
 `--baseline`, the selection and sparse fwd+bwd of another copy of `ssa_kernels` (e.g. the previous revision's)
 are timed in the same process on the same inputs (`baseline_*` fields, and how many selection rows both give
-identically). `--alignment` times `ssa_kernels.alignment_loss` instead, at one layer's branch outputs of the
-1B and the 40M model (`ALIGNMENT_SHAPES`), on both of its backends.
+identically). `--sink` makes block 0 an attention sink, as trained models have: one shared direction added
+to every query and to block 0's keys, so every token of a sequence selects block 0 and its dk/dv gathers them
+all (with random inputs the early blocks gather only some times more tokens than the late ones).
+`--alignment` times `ssa_kernels.alignment_loss` instead, at one layer's branch outputs of the 1B and the 40M
+model (`ALIGNMENT_SHAPES`), on both of its backends.
 """
 
 import argparse
@@ -122,15 +126,22 @@ def print_table(title: str, columns: list[str], records: list[dict[str, object]]
         print("| " + " | ".join(cells) + " |")
 
 
-def run(seq_len: int, baseline: ModuleType | None = None) -> dict[str, object]:
+SINK_STRENGTH = 4.0
+"""--sink: the shared unit direction's weight in the queries and in block 0's keys (score ~16 against the
+random blocks' ~N(0, 2) at D = 64, BS = 16)."""
+
+
+def run(seq_len: int, baseline: ModuleType | None = None, sink: bool = False) -> dict[str, object]:
     """Time every op at `seq_len` with batch `TOKENS // seq_len` (and the `baseline` copy's selection and
     sparse fwd+bwd); returns one JSON record."""
     batch = max(1, TOKENS // seq_len)
-    q = torch.randn(batch, seq_len, HEADS, DIM, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-    k, v = (
-        torch.randn(batch, seq_len, KV_HEADS, DIM, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-        for _ in range(2)
-    )
+    q = torch.randn(batch, seq_len, HEADS, DIM, device="cuda", dtype=torch.bfloat16)
+    k, v = (torch.randn(batch, seq_len, KV_HEADS, DIM, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    if sink:
+        direction = F.normalize(torch.randn(DIM, device="cuda"), dim=0).bfloat16() * SINK_STRENGTH
+        q += direction
+        k[:, :BLOCK_SIZE] += direction
+    q, k, v = (x.requires_grad_() for x in (q, k, v))
     do = torch.randn_like(q)
     indices = select_blocks(q, k, BLOCK_SIZE, BLOCK_COUNT)
 
@@ -163,6 +174,7 @@ def run(seq_len: int, baseline: ModuleType | None = None) -> dict[str, object]:
         "dim": DIM,
         "block_size": BLOCK_SIZE,
         "block_count": BLOCK_COUNT,
+        "selection": "sink" if sink else "random",
         "select_ms": select_ms,
         "select_kernels_ms": kernel_times(lambda: select_blocks(q, k, BLOCK_SIZE, BLOCK_COUNT)),
         "sparse_fwd_ms": sparse_fwd_ms,
@@ -296,6 +308,7 @@ def main() -> None:
     parser.add_argument(
         "--alignment", action="store_true", help="time the alignment loss at ALIGNMENT_SHAPES instead"
     )
+    parser.add_argument("--sink", action="store_true", help="make block 0 an attention sink (every token's)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("bench_attention needs a CUDA GPU")
@@ -310,6 +323,7 @@ def main() -> None:
     columns = [
         "seqlen",
         "batch",
+        "selection",
         "select_ms",
         "sparse_fwd_ms",
         "sparse_fwd_with_select_ms",
@@ -321,7 +335,7 @@ def main() -> None:
     records = []
     for seq_len in args.seqlens:
         try:
-            record = run(seq_len, baseline)
+            record = run(seq_len, baseline, args.sink)
             if baseline is not None:
                 record["baseline"] = args.baseline_name
             torch.cuda.empty_cache()

@@ -4,7 +4,8 @@ The real training path — Megatron GPT with the SSA spec inside the DeepSpeed e
 AdamW), forward + backward + optimizer step — on random tokens. Variants:
 
 * `anchor`: plain Megatron-Core GPT of the same shape — Megatron's local layer spec with PyTorch SDPA as its
-  core attention (injected through the `ModuleSpec`), no output gate, no SSA code — in the same engine;
+  core attention (injected through the `ModuleSpec`), no output gate, no SSA code, Megatron's own loss — in
+  the same engine;
 * `full`: our model with full attention only (cuDNN/flash SDPA through `ssa_kernels.full_attention`);
 * `sparse`: our model with block-sparse attention only (selection + sparse kernel);
 * `ssa`: both branches every step plus the alignment loss (mode drawn per step as in training).
@@ -47,7 +48,7 @@ ZeRO's gradient reduce-scatter and parameter all-gather (what the fake group ski
     python tools/bench_train.py --variants anchor full sparse ssa --micro-batch 1 2 --split --memory \\
         --out docs/perf/bench_train.jsonl
     python tools/bench_train.py --variants ssa --seq-len 131072 65536 32768 --longest train.recompute=full
-    python tools/bench_train.py --variants full ssa --micro-batch 2 --cross-entropy fused   # a lever
+    python tools/bench_train.py --variants full ssa --micro-batch 2 --cross-entropy megatron   # a lever, off
     python tools/bench_train.py --variants ssa --seq-len 65536 --simulate-cp 2 train.recompute=full
 """
 
@@ -370,6 +371,14 @@ def saved_for_backward(model: torch.nn.Module, forward: Callable[[], torch.Tenso
 # ------------------------------------------------------------------------------------- measurement
 
 
+def cross_entropy(args: argparse.Namespace, variant: str) -> list[str]:
+    """The loss override of a variant: `--cross-entropy` when given, else the run config's own (the recipes:
+    `fused`) and, for the anchor, Megatron's (plain Megatron-Core)."""
+    if args.cross_entropy is None:
+        return ["train.cross_entropy=megatron"] if variant == "anchor" else []
+    return [f"train.cross_entropy={'fused' if args.cross_entropy == 'fused' else 'megatron'}"]
+
+
 def bench_config(args: argparse.Namespace, variant: str, seq_len: int, micro_batch: int) -> Config:
     """The run config of one variant and shape; the anchor is `full` without the output gate."""
     anchor = (
@@ -385,7 +394,7 @@ def bench_config(args: argparse.Namespace, variant: str, seq_len: int, micro_bat
             "train.steps=1000",  # the schedule of a 1000-step run (a model file alone sets no steps)
             f"train.precision={'bf16' if torch.cuda.is_available() else 'fp32'}",
             "train.deepspeed_config=configs/deepspeed/zero1.json",
-            f"train.cross_entropy={'fused' if args.cross_entropy == 'fused' else 'megatron'}",
+            *cross_entropy(args, variant),
             f"parallel.cp={args.simulate_cp}",
             *args.overrides,
         ],
@@ -593,7 +602,9 @@ def run_variant(args: argparse.Namespace, variant: str, common: dict, emit: Call
                     {
                         **common,
                         **row,
-                        "cross_entropy": args.cross_entropy,
+                        "cross_entropy": args.cross_entropy
+                        if args.cross_entropy == "megatron_fused"
+                        else cfg.train.cross_entropy,
                         "overrides": args.overrides,
                         "mem_before_build_gib": before,
                     }
@@ -655,9 +666,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--cross-entropy",
         choices=["megatron", "megatron_fused", "fused"],
-        default="megatron",
         help="the loss: Megatron's logits + cross-entropy, the same with its native fusion, or "
-        "ssa_pretrain.model.head's fused linear cross-entropy (Liger's kernel when installed)",
+        "ssa_pretrain.model.head's fused linear cross-entropy (Liger's kernel when installed); default: the "
+        "run config's (train.cross_entropy), Megatron's for the anchor",
     )
     parser.add_argument(
         "--longest",

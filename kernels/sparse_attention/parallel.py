@@ -1,9 +1,11 @@
 """Triton sparse attention over the blocks chosen by `select_blocks`, forward and backward, GQA-aware.
 
 Forward and dq: one program per (token, kv head); its rows are the `G` query heads of the group (padded to 16
-for the tensor cores), so each selected key/value block is loaded once per group. dk/dv: one program per
-(key block, kv head) walks a reverse index (block -> the tokens that selected it, in token order), so the
-backward writes every gradient element exactly once: no atomics, deterministic.
+for the tensor cores), so each selected key/value block is loaded once per group. dk/dv: a reverse index
+lists, per (key block, kv head), the tokens that selected it, in token order; each list is cut into items of
+at most `dkdv_chunk` tokens, one program per item accumulates that item's share of the block's dk, dv, and a
+second kernel sums the items of every block in item order. A block that every token selects (an attention
+sink) thus spreads over many programs instead of serialising one; no atomics, deterministic.
 """
 
 import torch
@@ -175,13 +177,17 @@ def sparse_bwd_dkdv_kernel(
     lse,  # [B, T, HQ] fp32
     delta,  # [B, T, HQ] fp32
     rev_tokens,  # [E] int32: tokens that selected each (batch, kv head, block), grouped, ascending
-    rev_offsets,  # [B * HKV * NBA + 1] int32: group boundaries in rev_tokens
-    dk,  # [B, TK, HKV, D]
-    dv,  # [B, TK, HKV, D]
+    rev_offsets,  # [GROUPS + 1] int32: group boundaries in rev_tokens, group = (b * HKV + h) * NBA + block
+    item_group,  # [ITEMS] int32: the group of each item; GROUPS for the items past the last
+    item_offsets,  # [GROUPS + 1] int32: the first item of each group
+    dk_part,  # [ITEMS, BSP, D_PAD] fp32: each item's share of its block's dk (unscaled) ...
+    dv_part,  # ... and dv
     T,
     TK,
     Q0,
     NBA,
+    GROUPS,
+    CHUNK,
     scale,
     HKV: tl.constexpr,
     G: tl.constexpr,
@@ -193,9 +199,13 @@ def sparse_bwd_dkdv_kernel(
     BT: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
-    """Grid `(NBA, B * HKV)`: block `j`'s keys accumulate dk, dv over the (token, head) rows that saw them."""
-    j = tl.program_id(0)
-    pid_bh = tl.program_id(1)
+    """Grid `(ITEMS,)`: item `i`, tokens `[c * CHUNK, (c + 1) * CHUNK)` of its group's list, accumulates the
+    group's block keys' dk, dv over those (token, head) rows."""
+    i = tl.program_id(0)
+    group = tl.load(item_group + i)
+    real = group < GROUPS
+    group = tl.minimum(group, GROUPS - 1)
+    pid_bh, j = group // NBA, group % NBA
     b, h = pid_bh // HKV, pid_bh % HKV
     d = tl.arange(0, D_PAD)
     d_ok = d < D
@@ -209,8 +219,8 @@ def sparse_bwd_dkdv_kernel(
     dv_acc = tl.zeros([BSP, D_PAD], tl.float32)
     rows = tl.arange(0, BT * GP)
     head = rows % GP
-    start = tl.load(rev_offsets + pid_bh * NBA + j)
-    end = tl.load(rev_offsets + pid_bh * NBA + j + 1)
+    start = tl.load(rev_offsets + group) + (i - tl.load(item_offsets + group)) * CHUNK
+    end = tl.where(real, tl.minimum(tl.load(rev_offsets + group + 1), start + CHUNK), start)
     for e0 in range(start, end, BT):
         e = e0 + rows // GP  # [R] entry of each (token, head) row
         row_ok = (e < end) & (head < G)
@@ -228,6 +238,45 @@ def sparse_bwd_dkdv_kernel(
         dp = tl.dot(dot, tl.trans(vb), input_precision=PRECISION)
         ds = p * (dp - dlt[:, None])
         dk_acc += tl.dot(tl.trans(ds.to(qt.dtype)), qt, input_precision=PRECISION)
+    part = (i.to(tl.int64) * BSP + tl.arange(0, BSP))[:, None] * D_PAD + d[None, :]
+    tl.store(dk_part + part, dk_acc)
+    tl.store(dv_part + part, dv_acc)
+
+
+@triton.jit
+def sparse_bwd_dkdv_reduce_kernel(
+    dk_part,  # [ITEMS, BSP, D_PAD] fp32
+    dv_part,
+    item_offsets,  # [GROUPS + 1] int32
+    dk,  # [B, TK, HKV, D]
+    dv,
+    TK,
+    NBA,
+    scale,
+    HKV: tl.constexpr,
+    D: tl.constexpr,
+    D_PAD: tl.constexpr,
+    BS: tl.constexpr,
+    BSP: tl.constexpr,
+):
+    """Grid `(NBA, B * HKV)`: block `j`'s dk, dv = the sum of its group's items, in item order (zero when no
+    token selected it)."""
+    j = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b, h = pid_bh // HKV, pid_bh % HKV
+    d = tl.arange(0, D_PAD)
+    pos = j * BS + tl.arange(0, BSP)
+    kv_rows = ((b * TK + pos).to(tl.int64) * HKV + h) * D
+    kv_mask = ((pos < TK) & (tl.arange(0, BSP) < BS))[:, None] & (d < D)[None, :]
+    dk_acc = tl.zeros([BSP, D_PAD], tl.float32)
+    dv_acc = tl.zeros([BSP, D_PAD], tl.float32)
+    group = pid_bh * NBA + j
+    first, last = tl.load(item_offsets + group), tl.load(item_offsets + group + 1)
+    part = first.to(tl.int64) * (BSP * D_PAD) + tl.arange(0, BSP)[:, None] * D_PAD + d[None, :]
+    for _ in range(first, last):
+        dk_acc += tl.load(dk_part + part)
+        dv_acc += tl.load(dv_part + part)
+        part += BSP * D_PAD
     tl.store(dk + kv_rows[:, None] + d[None, :], (dk_acc * scale).to(dk.dtype.element_ty), mask=kv_mask)
     tl.store(dv + kv_rows[:, None] + d[None, :], dv_acc.to(dv.dtype.element_ty), mask=kv_mask)
 
@@ -334,6 +383,26 @@ def reverse_index(
     return tokens, torch.searchsorted(group, bounds, out_int32=True), num_blocks
 
 
+def split_groups(offsets: torch.Tensor, entries: int, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cut every group of a reverse index into items of at most `chunk` entries, on the device (no host
+    synchronisation: the item count is bounded from above by `ceil(entries / chunk) + groups`).
+
+    Args:
+        offsets: `[GROUPS + 1]` int32 group boundaries (`reverse_index`); entries: its token list's length.
+
+    Returns:
+        item_group: `[ITEMS]` int32, the group of each item, `GROUPS` for the items past the last real one.
+        item_offsets: `[GROUPS + 1]` int32, the first item of each group (items are group-major, in order).
+    """
+    groups = offsets.numel() - 1
+    items = (offsets[1:] - offsets[:-1] + chunk - 1) // chunk
+    item_offsets = torch.zeros(groups + 1, dtype=torch.int32, device=offsets.device)
+    torch.cumsum(items, 0, dtype=torch.int32, out=item_offsets[1:])
+    bound = torch.arange(-(-entries // chunk) + groups, dtype=torch.int32, device=offsets.device)
+    item_group = torch.searchsorted(item_offsets, bound, right=True, out_int32=True) - 1
+    return item_group, item_offsets
+
+
 def sparse_attention_bwd(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -353,6 +422,7 @@ def sparse_attention_bwd(
     dkdv_rows: int | None = None,
     dkdv_warps: int = 4,
     dkdv_stages: int = 3,
+    dkdv_chunk: int = 256,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Launch the dq and dk/dv kernels.
 
@@ -366,6 +436,7 @@ def sparse_attention_bwd(
         dkdv_rows, dkdv_warps, dkdv_stages: (token, head) rows per dk/dv step (default 128 for head dims up
             to 64, else 64), warps and pipeline stages of the dk/dv kernel (`tools/bench_attention.py --tune`
             sweeps them: 128 rows are 9 % faster than 64 at D = 64 on H100).
+        dkdv_chunk: the most tokens of one key block's reverse list that one dk/dv program takes.
 
     Returns:
         dq `[B, T, HQ, D]`, dk and dv `[B, TK, HKV, D]`, in the input dtype.
@@ -395,8 +466,13 @@ def sparse_attention_bwd(
         **tiles,
     )
     tokens, offsets, num_blocks = reverse_index(indices, block_size, k.shape[1], q_start)
-    dk, dv = torch.empty_like(k), torch.empty_like(v)
-    sparse_bwd_dkdv_kernel[(num_blocks, batch * k.shape[2])](
+    item_group, item_offsets = split_groups(offsets, tokens.numel(), dkdv_chunk)
+    block_rows = max(16, triton.next_power_of_2(block_size))
+    dk_part, dv_part = (
+        torch.empty(item_group.numel(), block_rows, tiles["D_PAD"], device=q.device, dtype=torch.float32)
+        for _ in range(2)
+    )
+    sparse_bwd_dkdv_kernel[(item_group.numel(),)](
         q=q,
         k=k,
         v=v,
@@ -405,18 +481,38 @@ def sparse_attention_bwd(
         delta=delta,
         rev_tokens=tokens,
         rev_offsets=offsets,
-        dk=dk,
-        dv=dv,
+        item_group=item_group,
+        item_offsets=item_offsets,
+        dk_part=dk_part,
+        dv_part=dv_part,
         T=seq_len,
         TK=k.shape[1],
         Q0=q_start,
         NBA=num_blocks,
+        GROUPS=offsets.numel() - 1,
+        CHUNK=dkdv_chunk,
         scale=scale,
-        BSP=max(16, triton.next_power_of_2(block_size)),
+        BSP=block_rows,
         BT=max(1, (dkdv_rows or (128 if tiles["D_PAD"] <= 64 else 64)) // tiles["GP"]),
         **tiles,
         num_warps=dkdv_warps,
         num_stages=dkdv_stages,
+    )
+    dk, dv = torch.empty_like(k), torch.empty_like(v)
+    sparse_bwd_dkdv_reduce_kernel[(num_blocks, batch * k.shape[2])](
+        dk_part=dk_part,
+        dv_part=dv_part,
+        item_offsets=item_offsets,
+        dk=dk,
+        dv=dv,
+        TK=k.shape[1],
+        NBA=num_blocks,
+        scale=scale,
+        HKV=tiles["HKV"],
+        D=tiles["D"],
+        D_PAD=tiles["D_PAD"],
+        BS=block_size,
+        BSP=block_rows,
     )
     return dq, dk, dv
 

@@ -140,6 +140,30 @@ def sparse_offset_case(start: int, rows: int, num_keys: int) -> None:
         assert_close(name, ref, out, 1e-5, 1e-5)
 
 
+def sparse_split_dkdv_case(chunk: int) -> None:
+    """dk, dv with every key block's reverse list (up to 64 tokens here) cut into items of `chunk` tokens: the
+    reference's gradients, the same bits on a second run, and the values of one item per block."""
+    from ssa_kernels.select_blocks import naive_select_blocks
+    from ssa_kernels.sparse_attention import naive_sparse_attention
+    from ssa_kernels.sparse_attention.parallel import sparse_attention_bwd, sparse_attention_fwd
+
+    q, k, v = torch.randn(2, 64, 4, 16), torch.randn(2, 64, 2, 16), torch.randn(2, 64, 2, 16)
+    indices = naive_select_blocks(q, k, 4, 4)
+    leaves = [x.clone().requires_grad_() for x in (q, k, v)]
+    ref_o, _ = naive_sparse_attention(*leaves, indices, 4)
+    do = torch.randn_like(ref_o)
+    ref_grads = torch.autograd.grad(ref_o, leaves, do)
+    o, lse = sparse_attention_fwd(q, k, v, indices, 4, 16**-0.5)
+    runs = [
+        sparse_attention_bwd(q, k, v, indices, o, lse, do, None, 4, 16**-0.5, dkdv_chunk=c)
+        for c in (chunk, chunk, 64)
+    ]
+    for name, ref, got, again, whole in zip(("dq", "dk", "dv"), ref_grads, *runs, strict=True):
+        assert_close(name, ref, got, 1e-5, 1e-5)
+        assert torch.equal(got, again), f"{name}: a second run differs"
+        assert_close(f"{name} unsplit", whole, got, 1e-6, 1e-6)
+
+
 # (name, shape, dtype, (w_fs, w_sf)): odd numel (one masked program), several programs (3 of 4096), each
 # input dtype, a zero weight on either side
 ALIGNMENT_CASES = {
@@ -212,6 +236,7 @@ def cases() -> dict[str, Callable[[], None]]:
     found["sparse-g16-T40-bs4-k8-o-grad-only"] = lambda: sparse_case(SPARSE_CASES["g16-T40-bs4-k8"], False)
     found["sparse-query-offset-inside-keys"] = lambda: sparse_offset_case(16, 24, 64)
     found["sparse-query-offset-after-keys-partial-block"] = lambda: sparse_offset_case(42, 12, 42)
+    found.update({f"sparse-dkdv-items-of-{c}-tokens": lambda c=c: sparse_split_dkdv_case(c) for c in (1, 3)})
     found.update({f"alignment-{n}": lambda c=c: alignment_case(*c) for n, c in ALIGNMENT_CASES.items()})
     found["alignment-strided-inputs-small-programs"] = alignment_layout_case
     return found
