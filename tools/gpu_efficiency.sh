@@ -16,13 +16,14 @@
 #     micro-batch 32: full, sparse, ssa, with --split --memory;
 # (c) the longest sequence that trains: 1B ssa with train.recompute=full, trying 64K, 32K, 16K in turn
 #     (micro-batch 1) until one fits, with whatever time is left;
-# (d) if time is still left, the levers, each against the same variant and shape of (a): full and ssa at
-#     micro-batch 2 with --cross-entropy fused (Liger's fused linear cross-entropy when its wheel is in .whl —
-#     `pip download --no-deps liger-kernel==0.8.5 -d .whl`, pure Python, needs only torch, triton,
-#     packaging — else the chunked PyTorch path), and with Megatron's own fused cross-entropy
-#     (--cross-entropy megatron_fused: its compiled vocab-parallel loss); full and ssa at micro-batch 2 with
-#     train.fused_elementwise=false (the default compiles SwiGLU and the output gate: the lever measured by
-#     its absence); full at micro-batch 2 with ZeRO-2
+# (d) if time is still left, the levers, each against the same variant and shape of (a), measured by their
+#     absence where they are the default: full and ssa at micro-batch 2 with --cross-entropy megatron
+#     (Megatron's logits + cross-entropy instead of the recipes' fused linear cross-entropy: Liger's kernel
+#     when its wheel is in .whl — `pip download --no-deps liger-kernel==0.8.5 -d .whl`, pure Python, needs
+#     only torch, triton, packaging — else the chunked PyTorch path) and with Megatron's own fused
+#     cross-entropy (--cross-entropy megatron_fused: its compiled vocab-parallel loss); full and ssa at
+#     micro-batch 2 with train.fused_elementwise=false (the default compiles SwiGLU, the output gate and
+#     RoPE with the attention's layout copy); full at micro-batch 2 with ZeRO-2
 #     (configs/deepspeed/zero2.json: gradients reduced into their partitions during backward).
 # Each part runs under `timeout`, capped so that the parts after it keep their share of BUDGET (default
 # 540 s from the start of this script, setup included); a part with less than 25 s is skipped and said so.
@@ -74,9 +75,10 @@ bench 40m_2k 60 150 "${BENCH[@]}" --variants full sparse ssa --seq-len 2048 --mi
 bench seq_sweep 90 110 "${BENCH[@]}" --variants ssa --seq-len 16384 32768 65536 --longest \
     --micro-batch 1 --warmup 1 --steps 2 train.recompute=full
 
-# (d) the levers, if time is left: the fused linear cross-entropy (no [tokens, vocab] logits kept), the
-#     plain element-wise ops (what compiling them saves), ZeRO-2
-bench fused_ce 60 90 "${BENCH[@]}" --variants full ssa --micro-batch 2 --warmup 2 --steps 4 --cross-entropy fused
+# (d) the levers, if time is left: Megatron's loss (what the fused linear cross-entropy saves), the plain
+#     element-wise ops (what compiling them saves), ZeRO-2
+bench megatron_loss 60 90 "${BENCH[@]}" --variants full ssa --micro-batch 2 --warmup 2 --steps 4 \
+    --cross-entropy megatron
 bench megatron_ce 50 60 "${BENCH[@]}" --variants full ssa --micro-batch 2 --warmup 2 --steps 4 \
     --cross-entropy megatron_fused
 bench elementwise_off 50 25 "${BENCH[@]}" --variants full ssa --micro-batch 2 --warmup 2 --steps 4 \
@@ -89,9 +91,11 @@ bench zero2 40 0 "${BENCH[@]}" --variants full --micro-batch 2 --warmup 2 --step
     python3 - "$JSONL" <<'EOF'
 import json, os, sys
 rows = [json.loads(line) for line in open(sys.argv[1])] if os.path.exists(sys.argv[1]) else []
-setup = lambda r: (r.get("seq_len"), r.get("micro_batch"), r.get("cross_entropy"), r.get("recompute"),
-                   tuple(r.get("overrides") or ()))
-lever = lambda r: (r.get("cross_entropy", "megatron"), *[o for o in r.get("overrides") or () if "recompute" not in o])
+shape = lambda r: tuple(o for o in r.get("overrides") or () if o.startswith("model."))  # the 40M model
+setup = lambda r: (r.get("seq_len"), r.get("micro_batch"), r.get("recompute"), shape(r))
+default_loss = lambda r: "megatron" if r["variant"] == "anchor" else "fused"  # bench_train's defaults
+lever = lambda r: (*([r["cross_entropy"]] if r.get("cross_entropy") != default_loss(r) else []),
+                   *[o for o in r.get("overrides") or () if "recompute" not in o and o not in shape(r)])
 ok = [r for r in rows if "step_ms" in r]
 print(f"{'model':>6} {'variant':8} {'seq':>6} {'mbs':>4} {'ms':>8} {'tok/s':>9} {'MFU':>6} {'GiB':>6} "
       f"{'saved/layer MiB':>15}  split (top 5)")
@@ -104,25 +108,25 @@ for r in rows:
     saved = "/".join(f"{sum(m['saved_per_layer_mib']) / max(len(m['saved_per_layer_mib']), 1):.0f}"
                      for m in mem.values())
     split = sorted((r.get("split_share") or {}).items(), key=lambda kv: -kv[1])[:5]
-    extra = "".join(f" {k}={r[k]}" for k in ("cross_entropy", "recompute") if r.get(k) not in ("megatron", "none"))
-    extra += "".join(f" {o}" for o in r.get("overrides") or () if "recompute" not in o)
+    extra = "".join(f" {lever}" for lever in lever(r)) + ("" if r.get("recompute") == "none" else
+                                                          f" recompute={r.get('recompute')}")
     print(f"{r['params'] / 1e6:5.0f}M {r['variant']:8} {r['seq_len']:>6} {r['micro_batch']:>4} "
           f"{r['step_ms']:8.1f} {r['tokens_per_s']:9.0f} {(r['mfu'] or 0):6.1%} {(r['peak_mem_gib'] or 0):6.1f} "
           f"{saved:>15}  " + " ".join(f"{k}={v:.0%}" for k, v in split) + extra)
-print("ratios at the same shape, loss and recomputation (tokens/s, peak memory):")
+print("ratios at the same shape and recomputation, every variant with its default loss (tokens/s, peak memory):")
 for r in ok:
     for base in ("full", "anchor"):
-        ref = next((x for x in ok if x["variant"] == base and setup(x) == setup(r)
+        ref = next((x for x in ok if x["variant"] == base and setup(x) == setup(r) and not lever(x)
                     and abs(x["params"] - r["params"]) < 0.05 * r["params"]), None)
-        if ref and r["variant"] not in (base, "anchor"):
-            print(f"  {r['params'] / 1e6:5.0f}M {r['variant']:6} / {base:6} {setup(r)}: "
+        if ref and r["variant"] not in (base, "anchor") and not lever(r):
+            print(f"  {r['params'] / 1e6:5.0f}M {r['variant']:6} / {base:6} {setup(r)[:3]}: "
                   f"speed {r['tokens_per_s'] / ref['tokens_per_s']:.3f}, "
                   f"memory {(r['peak_mem_gib'] or 0) / (ref['peak_mem_gib'] or 1):.3f}")
-    if lever(r) != ("megatron",):  # a lever (another loss, an override) against the same variant without it
-        ref = next((x for x in ok if x["variant"] == r["variant"] and lever(x) == ("megatron",)
+    if lever(r):  # a lever (another loss, an override) against the same variant without it
+        ref = next((x for x in ok if x["variant"] == r["variant"] and not lever(x)
                     and setup(x)[:2] == setup(r)[:2] and x["params"] == r["params"]), None)
         if ref:
-            print(f"  {r['params'] / 1e6:5.0f}M {r['variant']:6} {' '.join(lever(r))} / megatron: "
+            print(f"  {r['params'] / 1e6:5.0f}M {r['variant']:6} {' '.join(lever(r))} / default: "
                   f"speed {r['tokens_per_s'] / ref['tokens_per_s']:.3f}, "
                   f"memory {(r['peak_mem_gib'] or 0) / (ref['peak_mem_gib'] or 1):.3f}")
 EOF
