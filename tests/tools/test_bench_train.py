@@ -149,3 +149,20 @@ def test_simulated_context_parallel_rank_runs_its_share(tmp_path):
 def test_simulate_cp_refuses_the_anchor(bench_train):
     with pytest.raises(SystemExit):
         bench_train.parse_args([*TINY, "--variants", "anchor", "ssa", "--simulate-cp", "2"])
+
+
+def test_the_anchor_keeps_megatrons_loss_and_the_variants_the_recipes(bench_train):
+    """Without `--cross-entropy` the variants train with the run config's loss (the 40M recipe: fused), the
+    anchor with Megatron's (plain Megatron-Core); the flag sets both."""
+    recipe = ["--model", "configs/train/40m-2k.yaml"]
+    losses = {
+        flag: {
+            variant: bench_train.bench_config(bench_train.parse_args([*recipe, *flag]), variant, 2048, 2)
+            .train.cross_entropy
+            for variant in ("anchor", "full", "ssa")
+        }
+        for flag in ((), ("--cross-entropy", "megatron"), ("--cross-entropy", "fused"))
+    }
+    assert losses[()] == {"anchor": "megatron", "full": "fused", "ssa": "fused"}
+    assert set(losses[("--cross-entropy", "megatron")].values()) == {"megatron"}
+    assert set(losses[("--cross-entropy", "fused")].values()) == {"fused"}
