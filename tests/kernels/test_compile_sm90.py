@@ -85,6 +85,7 @@ def test_kernels_compile_for_sm90(
         "sparse_fwd_kernel",
         "sparse_bwd_dq_kernel",
         "sparse_bwd_dkdv_kernel",
+        "sparse_bwd_dkdv_reduce_kernel",
     ]
 
 
