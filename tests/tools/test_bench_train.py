@@ -157,8 +157,9 @@ def test_the_anchor_keeps_megatrons_loss_and_the_variants_the_recipes(bench_trai
     recipe = ["--model", "configs/train/40m-2k.yaml"]
     losses = {
         flag: {
-            variant: bench_train.bench_config(bench_train.parse_args([*recipe, *flag]), variant, 2048, 2)
-            .train.cross_entropy
+            variant: bench_train.bench_config(
+                bench_train.parse_args([*recipe, *flag]), variant, 2048, 2
+            ).train.cross_entropy
             for variant in ("anchor", "full", "ssa")
         }
         for flag in ((), ("--cross-entropy", "megatron"), ("--cross-entropy", "fused"))
