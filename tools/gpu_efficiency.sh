@@ -79,7 +79,7 @@ bench seq_sweep 90 110 "${BENCH[@]}" --variants ssa --seq-len 16384 32768 65536 
 #     element-wise ops (what compiling them saves), ZeRO-2
 bench megatron_loss 60 90 "${BENCH[@]}" --variants full ssa --micro-batch 2 --warmup 2 --steps 4 \
     --cross-entropy megatron
-bench megatron_ce 50 60 "${BENCH[@]}" --variants full ssa --micro-batch 2 --warmup 2 --steps 4 \
+bench megatron_fused_loss 50 60 "${BENCH[@]}" --variants full ssa --micro-batch 2 --warmup 2 --steps 4 \
     --cross-entropy megatron_fused
 bench elementwise_off 50 25 "${BENCH[@]}" --variants full ssa --micro-batch 2 --warmup 2 --steps 4 \
     train.fused_elementwise=false
