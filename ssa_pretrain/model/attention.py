@@ -93,7 +93,6 @@ class SSACoreAttention(MegatronModule):
         # RoPE frequencies (query's, key's) `[s, 1, 1, d]` for the next forward, set by `SSASelfAttention`
         # (None: query and key come rotated, or without positions)
         self.rotary_pos_emb: tuple[torch.Tensor, torch.Tensor] | None = None
-        self.fused_elementwise = config.bias_activation_fusion
 
     # Each branch takes this rank's share `[b, s, heads, d]`; under context parallelism the ring ops of
     # `ssa_pretrain.parallel` see the whole sequence, and a CP group of one calls `ssa_kernels` directly.
@@ -155,7 +154,7 @@ class SSACoreAttention(MegatronModule):
         # `value` is a view of Megatron's fused qkv projection, which a saved view would keep alive whole.
         # The copies of query and key apply RoPE.
         q_freqs, k_freqs = self.rotary_pos_emb or (None, None)
-        layout_copy = compiled_to_batch_major if self.fused_elementwise else to_batch_major
+        layout_copy = compiled_to_batch_major if self.config.bias_activation_fusion else to_batch_major
         q, k, v = layout_copy(query, q_freqs), layout_copy(key, k_freqs), layout_copy(value, None)
         if self.computes_alignment():
             a_full, a_sparse = self._full_and_sparse(q, k, v)
