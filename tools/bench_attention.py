@@ -5,11 +5,13 @@
     python tools/bench_attention.py --tune fwd dq --seqlens 65536  # sweep launch parameters (all: --tune)
     python tools/bench_attention.py --alignment          # the alignment loss: Triton vs reference, fwd+bwd
     python tools/bench_attention.py --sink --seqlens 8192  # block 0 an attention sink, every token selects it
+    python tools/bench_attention.py --model 40m --seqlens 2048 [--tune]  # the 40M model's attention at 2K
     git archive REV kernels | tar -x -C /tmp/prev            # the kernels of another revision, then:
     python tools/bench_attention.py --baseline /tmp/prev/kernels --baseline-name REV
 
-Shape (the 1B model's attention): bf16, 32 query heads, 2 kv heads, head dim 64, block size 16, 16 blocks;
-every length runs with batch = 65,536 / length (8K x 8, 32K x 2, 64K x 1; 128K x 1). Times are medians of
+Shape (`--model 1b`, the 1B model's attention): bf16, 32 query heads, 2 kv heads, head dim 64, block size
+16, 16 blocks; `--model 40m`: 8 query heads, 2 kv heads, 8 blocks. Every length runs with batch = 65,536 /
+length (2K x 32, 8K x 8, 32K x 2, 64K x 1; 128K x 1). Times are medians of
 CUDA-event timings (`triton.testing.do_bench`). `sparse_fwd_bwd_ms` includes the selection; `cudnn_fwd_bwd_ms`
 is plain `F.scaled_dot_product_attention` restricted to the cuDNN backend, in the same process. With
 `--baseline`, the selection and sparse fwd+bwd of another copy of `ssa_kernels` (e.g. the previous revision's)
@@ -31,6 +33,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
+from typing import NamedTuple
 
 import ssa_kernels
 import torch
@@ -44,7 +47,20 @@ from ssa_kernels.sparse_attention.parallel import sparse_attention_bwd, sparse_a
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 TOKENS = 65_536  # batch x length of every run
-HEADS, KV_HEADS, DIM, BLOCK_SIZE, BLOCK_COUNT = 32, 2, 64, 16, 16
+
+
+class AttentionShape(NamedTuple):
+    """One model's attention: query heads, kv heads, head dim, block size, block count."""
+
+    heads: int
+    kv_heads: int
+    dim: int
+    block_size: int
+    block_count: int
+
+
+MODELS = {"1b": AttentionShape(32, 2, 64, 16, 16), "40m": AttentionShape(8, 2, 64, 16, 8)}
+"""`--model`: the attention of configs/model/1b.yaml and 40m.yaml with their recipes' block size and count."""
 
 
 def bench(fn: Callable[[], object], rep_ms: int = 1000) -> float:
@@ -131,23 +147,36 @@ SINK_STRENGTH = 4.0
 random blocks' ~N(0, 2) at D = 64, BS = 16)."""
 
 
-def run(seq_len: int, baseline: ModuleType | None = None, sink: bool = False) -> dict[str, object]:
+def random_inputs(shape: AttentionShape, seq_len: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """bf16 q `[B, T, HQ, D]`, k and v `[B, T, HKV, D]`, standard normal, batch `TOKENS // seq_len`."""
+    batch = max(1, TOKENS // seq_len)
+    q = torch.randn(batch, seq_len, shape.heads, shape.dim, device="cuda", dtype=torch.bfloat16)
+    k, v = (
+        torch.randn(batch, seq_len, shape.kv_heads, shape.dim, device="cuda", dtype=torch.bfloat16)
+        for _ in range(2)
+    )
+    return q, k, v
+
+
+def run(
+    shape: AttentionShape, seq_len: int, baseline: ModuleType | None = None, sink: bool = False
+) -> dict[str, object]:
     """Time every op at `seq_len` with batch `TOKENS // seq_len` (and the `baseline` copy's selection and
     sparse fwd+bwd); returns one JSON record."""
-    batch = max(1, TOKENS // seq_len)
-    q = torch.randn(batch, seq_len, HEADS, DIM, device="cuda", dtype=torch.bfloat16)
-    k, v = (torch.randn(batch, seq_len, KV_HEADS, DIM, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    block_size, block_count = shape.block_size, shape.block_count
+    q, k, v = random_inputs(shape, seq_len)
+    batch = q.shape[0]
     if sink:
-        direction = F.normalize(torch.randn(DIM, device="cuda"), dim=0).bfloat16() * SINK_STRENGTH
+        direction = F.normalize(torch.randn(shape.dim, device="cuda"), dim=0).bfloat16() * SINK_STRENGTH
         q += direction
-        k[:, :BLOCK_SIZE] += direction
+        k[:, :block_size] += direction
     q, k, v = (x.requires_grad_() for x in (q, k, v))
     do = torch.randn_like(q)
-    indices = select_blocks(q, k, BLOCK_SIZE, BLOCK_COUNT)
+    indices = select_blocks(q, k, block_size, block_count)
 
     def sparse_fwd_bwd(ops: ModuleType = ssa_kernels) -> None:
-        idx = ops.select_blocks(q, k, BLOCK_SIZE, BLOCK_COUNT)
-        o, _ = ops.sparse_attention(q, k, v, idx, BLOCK_SIZE)
+        idx = ops.select_blocks(q, k, block_size, block_count)
+        o, _ = ops.sparse_attention(q, k, v, idx, block_size)
         torch.autograd.grad(o, (q, k, v), do)
 
     def full_fwd_bwd() -> None:
@@ -158,10 +187,10 @@ def run(seq_len: int, baseline: ModuleType | None = None, sink: bool = False) ->
         torch.autograd.grad(cudnn_sdpa(q, k, v), (q, k, v), do.transpose(1, 2))
 
     with torch.no_grad():
-        select_ms = bench(lambda: select_blocks(q, k, BLOCK_SIZE, BLOCK_COUNT))
-        sparse_fwd_ms = bench(lambda: sparse_attention(q, k, v, indices, BLOCK_SIZE))
+        select_ms = bench(lambda: select_blocks(q, k, block_size, block_count))
+        sparse_fwd_ms = bench(lambda: sparse_attention(q, k, v, indices, block_size))
         sparse_fwd_sel_ms = bench(
-            lambda: sparse_attention(q, k, v, select_blocks(q, k, BLOCK_SIZE, BLOCK_COUNT), BLOCK_SIZE)
+            lambda: sparse_attention(q, k, v, select_blocks(q, k, block_size, block_count), block_size)
         )
         full_fwd_ms = bench(lambda: full_attention(q, k, v))
         cudnn_fwd_ms = bench(lambda: cudnn_sdpa(q, k, v))
@@ -169,14 +198,10 @@ def run(seq_len: int, baseline: ModuleType | None = None, sink: bool = False) ->
         **provenance(),
         "seqlen": seq_len,
         "batch": batch,
-        "heads": HEADS,
-        "kv_heads": KV_HEADS,
-        "dim": DIM,
-        "block_size": BLOCK_SIZE,
-        "block_count": BLOCK_COUNT,
+        **shape._asdict(),
         "selection": "sink" if sink else "random",
         "select_ms": select_ms,
-        "select_kernels_ms": kernel_times(lambda: select_blocks(q, k, BLOCK_SIZE, BLOCK_COUNT)),
+        "select_kernels_ms": kernel_times(lambda: select_blocks(q, k, block_size, block_count)),
         "sparse_fwd_ms": sparse_fwd_ms,
         "sparse_fwd_with_select_ms": sparse_fwd_sel_ms,
         "sparse_fwd_bwd_ms": bench(sparse_fwd_bwd),
@@ -189,9 +214,9 @@ def run(seq_len: int, baseline: ModuleType | None = None, sink: bool = False) ->
     if baseline is not None:
         with torch.no_grad():
             record["baseline_select_ms"] = bench(
-                lambda: baseline.select_blocks(q, k, BLOCK_SIZE, BLOCK_COUNT)
+                lambda: baseline.select_blocks(q, k, block_size, block_count)
             )
-            baseline_indices = baseline.select_blocks(q, k, BLOCK_SIZE, BLOCK_COUNT)
+            baseline_indices = baseline.select_blocks(q, k, block_size, block_count)
         record["baseline_select_equal_rows"] = (baseline_indices == indices).all(-1).float().mean().item()
         record["baseline_sparse_fwd_bwd_ms"] = bench(functools.partial(sparse_fwd_bwd, baseline))
     return record
@@ -241,25 +266,31 @@ def alignment(name: str, shape: tuple[int, ...]) -> dict[str, object]:
     }
 
 
-def tune(seq_len: int, kernels: list[str]) -> list[dict[str, object]]:
+def tune(shape: AttentionShape, seq_len: int, kernels: list[str]) -> list[dict[str, object]]:
     """Time each kernel's launcher over its `TUNE_GRIDS` settings: the selection (also counting rows that
     change: near-ties flip with the score tile), the sparse forward, the backward (dq or dk/dv varied)."""
-    batch = max(1, TOKENS // seq_len)
-    q = torch.randn(batch, seq_len, HEADS, DIM, device="cuda", dtype=torch.bfloat16)
-    k, v = (torch.randn(batch, seq_len, KV_HEADS, DIM, device="cuda", dtype=torch.bfloat16) for _ in range(2))
-    scale = DIM**-0.5
-    reference = select_blocks_fwd(q, k, BLOCK_SIZE, BLOCK_COUNT, scale)
-    o, lse = sparse_attention_fwd(q, k, v, reference, BLOCK_SIZE, scale)
+    block_size, block_count = shape.block_size, shape.block_count
+    q, k, v = random_inputs(shape, seq_len)
+    batch = q.shape[0]
+    scale = shape.dim**-0.5
+    reference = select_blocks_fwd(q, k, block_size, block_count, scale)
+    o, lse = sparse_attention_fwd(q, k, v, reference, block_size, scale)
     do = torch.randn_like(o)
     launchers = {
-        "select": functools.partial(select_blocks_fwd, q, k, BLOCK_SIZE, BLOCK_COUNT, scale),
-        "fwd": functools.partial(sparse_attention_fwd, q, k, v, reference, BLOCK_SIZE, scale),
+        "select": functools.partial(select_blocks_fwd, q, k, block_size, block_count, scale),
+        "fwd": functools.partial(sparse_attention_fwd, q, k, v, reference, block_size, scale),
         "dq": functools.partial(
-            sparse_attention_bwd, q, k, v, reference, o, lse, do, None, BLOCK_SIZE, scale
+            sparse_attention_bwd, q, k, v, reference, o, lse, do, None, block_size, scale
         ),
     }
     launchers["dkdv"] = launchers["dq"]
-    base = {"device": torch.cuda.get_device_name(), "git": git_commit(), "seqlen": seq_len, "batch": batch}
+    base = {
+        "device": torch.cuda.get_device_name(),
+        "git": git_commit(),
+        "seqlen": seq_len,
+        "batch": batch,
+        **shape._asdict(),
+    }
     records = []
     for kernel in kernels:
         grid = TUNE_GRIDS[kernel]
@@ -309,7 +340,9 @@ def main() -> None:
         "--alignment", action="store_true", help="time the alignment loss at ALIGNMENT_SHAPES instead"
     )
     parser.add_argument("--sink", action="store_true", help="make block 0 an attention sink (every token's)")
+    parser.add_argument("--model", choices=list(MODELS), default="1b", help="whose attention shape (MODELS)")
     args = parser.parse_args()
+    shape = MODELS[args.model]
     if not torch.cuda.is_available():
         raise SystemExit("bench_attention needs a CUDA GPU")
     if args.alignment:
@@ -317,7 +350,7 @@ def main() -> None:
         return
     if args.tune is not None:
         for seq_len in args.seqlens:
-            tune(seq_len, args.tune or list(TUNE_GRIDS))
+            tune(shape, seq_len, args.tune or list(TUNE_GRIDS))
         return
     baseline = load_baseline(args.baseline) if args.baseline else None
     columns = [
@@ -335,7 +368,7 @@ def main() -> None:
     records = []
     for seq_len in args.seqlens:
         try:
-            record = run(seq_len, baseline, args.sink)
+            record = run(shape, seq_len, baseline, args.sink)
             if baseline is not None:
                 record["baseline"] = args.baseline_name
             torch.cuda.empty_cache()
@@ -346,8 +379,8 @@ def main() -> None:
         records.append(record)
         emit(record, args.append)
     title = (
-        f"{records[0]['device'] if records else ''}, bf16, HQ={HEADS}, HKV={KV_HEADS}, D={DIM}, "
-        f"BS={BLOCK_SIZE}, K={BLOCK_COUNT}, ms (median)"
+        f"{records[0]['device'] if records else ''}, bf16, HQ={shape.heads}, HKV={shape.kv_heads}, "
+        f"D={shape.dim}, BS={shape.block_size}, K={shape.block_count}, ms (median)"
     )
     print_table(title, columns, records, digits=2)
 

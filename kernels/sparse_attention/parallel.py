@@ -5,7 +5,9 @@ for the tensor cores), so each selected key/value block is loaded once per group
 lists, per (key block, kv head), the tokens that selected it, in token order; each list is cut into items of
 at most `dkdv_chunk` tokens, one program per item accumulates that item's share of the block's dk, dv, and a
 second kernel sums the items of every block in item order. A block that every token selects (an attention
-sink) thus spreads over many programs instead of serialising one; no atomics, deterministic.
+sink) thus spreads over many programs instead of serialising one; no atomics, deterministic. A dk/dv step
+stacks the rows of several tokens, each token's `G` heads padded only to a power of two, so a small group
+(G = 4) fills the tensor-core tile too.
 """
 
 import torch
@@ -191,7 +193,7 @@ def sparse_bwd_dkdv_kernel(
     scale,
     HKV: tl.constexpr,
     G: tl.constexpr,
-    GP: tl.constexpr,
+    GR: tl.constexpr,
     D: tl.constexpr,
     D_PAD: tl.constexpr,
     BS: tl.constexpr,
@@ -217,12 +219,12 @@ def sparse_bwd_dkdv_kernel(
     vb = tl.load(v + kv_rows[:, None] + d[None, :], mask=kv_mask, other=0.0)
     dk_acc = tl.zeros([BSP, D_PAD], tl.float32)
     dv_acc = tl.zeros([BSP, D_PAD], tl.float32)
-    rows = tl.arange(0, BT * GP)
-    head = rows % GP
+    rows = tl.arange(0, BT * GR)  # token-major: BT tokens x GR heads (G padded to a power of two)
+    head = rows % GR
     start = tl.load(rev_offsets + group) + (i - tl.load(item_offsets + group)) * CHUNK
     end = tl.where(real, tl.minimum(tl.load(rev_offsets + group + 1), start + CHUNK), start)
     for e0 in range(start, end, BT):
-        e = e0 + rows // GP  # [R] entry of each (token, head) row
+        e = e0 + rows // GR  # [R] entry of each (token, head) row
         row_ok = (e < end) & (head < G)
         tok = tl.load(rev_tokens + e, mask=e < end, other=0)
         hq = ((b * T + tok).to(tl.int64) * HKV + h) * G + head  # [R] flat (token, query head)
@@ -468,6 +470,7 @@ def sparse_attention_bwd(
     tokens, offsets, num_blocks = reverse_index(indices, block_size, k.shape[1], q_start)
     item_group, item_offsets = split_groups(offsets, tokens.numel(), dkdv_chunk)
     block_rows = max(16, triton.next_power_of_2(block_size))
+    token_rows = triton.next_power_of_2(tiles["G"])  # a token's query heads, side by side in the tile
     dk_part, dv_part = (
         torch.empty(item_group.numel(), block_rows, tiles["D_PAD"], device=q.device, dtype=torch.float32)
         for _ in range(2)
@@ -493,8 +496,9 @@ def sparse_attention_bwd(
         CHUNK=dkdv_chunk,
         scale=scale,
         BSP=block_rows,
-        BT=max(1, (dkdv_rows or (128 if tiles["D_PAD"] <= 64 else 64)) // tiles["GP"]),
-        **tiles,
+        GR=token_rows,
+        BT=max(1, max(16, dkdv_rows or (128 if tiles["D_PAD"] <= 64 else 64)) // token_rows),
+        **{name: value for name, value in tiles.items() if name != "GP"},
         num_warps=dkdv_warps,
         num_stages=dkdv_stages,
     )
