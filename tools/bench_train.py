@@ -29,7 +29,9 @@ measured (an out-of-memory shape gives a line with `"oom": true` and the run goe
   layers), logits + cross-entropy (output layer and loss), optimizer (`engine.step`), other (embedding,
   gradient bookkeeping, kernels the profiler could not attribute). On CPU the same split of CPU time.
   `split_top`: per part, its kernels (CPU: ops) with the most time; `split_launches`: how many it launched
-  (a part of many short kernels is bound by the host, not the device).
+  (a part of many short kernels is bound by the host, not the device). `device_idle_ms`: `step_ms` minus
+  the profiled step's device time, what the device waits for the host per step; `syncs`: one more step's
+  synchronising calls per source line (`synchronizations`), where those waits begin.
 * `memory` (`--memory`): per mode, the bytes the autograd graph of one forward keeps for backward (unique
   storages, parameters excluded, by `saved_tensors_hooks`), per layer and per part of a layer, the fp32 share
   and the largest tensors; on CUDA also the memory each layer leaves allocated after its forward.
@@ -63,7 +65,8 @@ import json
 import os
 import re
 import time
-from collections import defaultdict
+import warnings
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -526,6 +529,8 @@ def measure_shape(
     if args.split:
         with _optional(row, "split"):
             row.update(profiled_split(engine, cfg, args.warmup + args.steps, batches[0]))
+            row["device_idle_ms"] = round(step_ms - row["device_busy_ms"], 3) if cuda else None
+            row["syncs"] = synchronizations(engine, cfg, args.warmup + args.steps + 1, batches[1])
     if args.memory:
         with _optional(row, "memory"):
             row["memory"] = {
@@ -558,6 +563,28 @@ def profiled_split(engine: Any, cfg: Config, step: int, batch: torch.Tensor) -> 
             torch.cuda.synchronize()
     wall_ms = (time.perf_counter() - start) * 1e3
     return {"profiled_step_ms": round(wall_ms, 3), **step_split(list(prof.events()), cuda)}
+
+
+def synchronizations(engine: Any, cfg: Config, step: int, batch: torch.Tensor) -> dict[str, int]:
+    """Where one more training step makes the host wait for the device (CUDA only; `{}` on CPU): every
+    synchronising call `torch.cuda.set_sync_debug_mode` reports (`.item()`, a tensor's truth value, a copy to
+    the host, ...), counted per calling line (the file's last three path parts, `:line`). After each, the
+    device runs dry until the host has queued new work: where the step's idle time comes from."""
+    if not torch.cuda.is_available():
+        return {}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            train_step(engine, cfg, step, batch)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    sites = Counter(
+        "/".join(Path(w.filename).parts[-3:]) + f":{w.lineno}"
+        for w in caught
+        if "synchroniz" in str(w.message).lower()
+    )
+    return dict(sites.most_common())
 
 
 def memory_report(engine: Any, mode: str, batch: torch.Tensor) -> dict[str, Any]:
