@@ -4,7 +4,7 @@ Every op takes `[batch, seq, heads, dim]` tensors and has a plain-PyTorch refere
 and the test oracle); the op's public function is where a device-specific kernel gets chosen.
 """
 
-from .alignment_loss import alignment_loss
+from .alignment_loss import alignment_loss, alignment_loss_through
 from .full_attention import full_attention
 from .merge import merge
 from .mixed_attention import mixed_attention, naive_mixed_attention
@@ -13,6 +13,7 @@ from .sparse_attention import sparse_attention
 
 __all__ = [
     "alignment_loss",
+    "alignment_loss_through",
     "full_attention",
     "merge",
     "mixed_attention",

@@ -13,7 +13,7 @@ scaling DeepSpeed applies to the main loss.
 from __future__ import annotations
 
 import torch
-from ssa_kernels import alignment_loss
+from ssa_kernels import alignment_loss_through
 
 
 class AttachAuxLoss(torch.autograd.Function):
@@ -37,13 +37,16 @@ class AttachAuxLoss(torch.autograd.Function):
         AttachAuxLoss.grad_scale = scale
 
 
-def alignment_terms(
-    a_full: torch.Tensor, a_sparse: torch.Tensor, w_fs: float, w_sf: float
+def attach_alignment(
+    a_full: torch.Tensor, a_sparse: torch.Tensor, mode: str, w_fs: float, w_sf: float, weight: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(weighted loss to differentiate, D(a_full, a_sparse) detached for logging), both fp32 scalars.
+    """The `mode` branch's output ("full" or "sparse") with `weight * (w_fs * D(a_full, sg(a_sparse)) +
+    w_sf * D(sg(a_full), a_sparse))` attached, and `D(a_full, a_sparse)` detached for logging (fp32).
 
-    The two directions have the same value and differ only in where the gradient flows:
-    `w_fs` moves full attention towards sparse, `w_sf` sparse towards full. `ssa_kernels.alignment_loss`:
-    one Triton pass forward and one backward on CUDA; its graph keeps only the two outputs.
+    The two directions have the same value and differ only in where the gradient flows: `w_fs` moves full
+    attention towards sparse, `w_sf` sparse towards full. `ssa_kernels.alignment_loss_through`: one Triton
+    pass forward and one backward, which also adds the loss's gradient to the gradient the output gets from
+    the layers above; its graph keeps only the two outputs.
     """
-    return alignment_loss(a_full, a_sparse, w_fs, w_sf)
+    out, loss, divergence = alignment_loss_through(a_full, a_sparse, w_fs, w_sf, mode)
+    return AttachAuxLoss.apply(out, loss * weight), divergence

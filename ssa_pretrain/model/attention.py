@@ -30,7 +30,7 @@ from megatron.core.transformer.module import MegatronModule
 from torch.profiler import record_function
 
 from ssa_pretrain.config import SSAConfig
-from ssa_pretrain.model.alignment import AttachAuxLoss, alignment_terms
+from ssa_pretrain.model.alignment import attach_alignment
 from ssa_pretrain.model.modes import Mode
 from ssa_pretrain.parallel import (
     context_parallel_full_attention,
@@ -158,11 +158,10 @@ class SSACoreAttention(MegatronModule):
         q, k, v = layout_copy(query, q_freqs), layout_copy(key, k_freqs), layout_copy(value, None)
         if self.computes_alignment():
             a_full, a_sparse = self._full_and_sparse(q, k, v)
-            out = a_full if self.mode == "full" else a_sparse
             with record_function("attention.alignment"):
-                loss, divergence = alignment_terms(a_full, a_sparse, self.ssa.w_fs, self.ssa.w_sf)
-                self.last_alignment = divergence
-                out = AttachAuxLoss.apply(out, loss * self.aux_weight)
+                out, self.last_alignment = attach_alignment(
+                    a_full, a_sparse, self.mode, self.ssa.w_fs, self.ssa.w_sf, self.aux_weight
+                )
         else:
             out = self._full(q, k, v) if self.mode == "full" else self._sparse(q, k, v)
             self.last_alignment = None

@@ -224,6 +224,42 @@ def alignment_layout_case() -> None:
         assert_close(name, ref, got, 0, 1e-6)
 
 
+def alignment_through_case(dtype: torch.dtype, layout: str, weights: tuple[float, float]) -> None:
+    """`alignment_loss_through` under the interpreter: the gradient the passed-on input gets from above,
+    added in the backward kernel, read in place from autograd's transposed view of a `[s, b, h * d]` tensor
+    (`layout` "transposed"), or from a copy (`"permuted"`: the last dims not one row); against the
+    reference given the same added gradient."""
+    from ssa_kernels import alignment_loss_through
+    from ssa_kernels.alignment_loss import naive_alignment_loss_bwd
+
+    shape = (2, 37, 8, 16)
+    full = torch.randn(shape).to(dtype)
+    sparse = (full.float() + 1.5 * torch.randn(shape)).to(dtype)
+    if layout == "transposed":
+        upstream = torch.randn(shape[1], shape[0], shape[2] * shape[3]).to(dtype).view(37, 2, 8, 16)
+        upstream = upstream.transpose(0, 1)
+    else:
+        upstream = torch.randn(2, 37, 16, 8).to(dtype).transpose(2, 3)
+    assert not upstream.is_contiguous()
+    for through in ("full", "sparse"):
+        a, b = full.clone().requires_grad_(), sparse.clone().requires_grad_()
+        out, loss, _ = alignment_loss_through(a, b, *weights, through)
+        assert torch.equal(out, a if through == "full" else b), f"{through}: not the input passed on"
+        torch.autograd.backward((out, loss), (upstream, torch.tensor(0.7)))
+        ref_grads = naive_alignment_loss_bwd(
+            full,
+            sparse,
+            torch.tensor(0.7),
+            *weights,
+            upstream if through == "full" else None,
+            upstream if through == "sparse" else None,
+        )
+        for name, ref, got in zip(("grad full", "grad sparse"), ref_grads, (a.grad, b.grad), strict=True):
+            assert (got is None) == (ref is None), f"{through} {name}: {got is None=} {ref is None=}"
+            if ref is not None:
+                assert_close(f"{through} {name}", ref, got, *ALIGNMENT_TOLERANCES[dtype])
+
+
 def cases() -> dict[str, Callable[[], None]]:
     """Every case by name."""
     found: dict[str, Callable[[], None]] = {
@@ -239,6 +275,14 @@ def cases() -> dict[str, Callable[[], None]]:
     found.update({f"sparse-dkdv-items-of-{c}-tokens": lambda c=c: sparse_split_dkdv_case(c) for c in (1, 3)})
     found.update({f"alignment-{n}": lambda c=c: alignment_case(*c) for n, c in ALIGNMENT_CASES.items()})
     found["alignment-strided-inputs-small-programs"] = alignment_layout_case
+    for dtype, layout, weights in [
+        (torch.float32, "transposed", (0.5, 2.0)),
+        (torch.bfloat16, "transposed", (1.0, 0.0)),
+        (torch.float32, "permuted", (0.0, 1.0)),
+    ]:
+        found[f"alignment-through-{layout}-{str(dtype)[6:]}-w{weights[0]:g}-{weights[1]:g}"] = (
+            lambda c=(dtype, layout, weights): alignment_through_case(*c)
+        )
     return found
 
 

@@ -5,7 +5,7 @@ checks. The Triton kernels run in test_interpreter.py (CPU) and test_gpu.py (CUD
 import pytest
 import torch
 import torch.nn.functional as F
-from ssa_kernels import alignment_loss
+from ssa_kernels import alignment_loss, alignment_loss_through
 from ssa_kernels.alignment_loss import naive_alignment_loss_bwd, naive_alignment_loss_fwd
 
 WEIGHTS = [(0.5, 2.0), (2.0, 0.0), (0.0, 0.5), (0.0, 0.0)]
@@ -92,3 +92,5 @@ def test_bad_inputs_raise(sparse, weights, match):
         alignment_loss(torch.zeros(2, 4), sparse, *weights)
     with pytest.raises(ValueError, match="empty"):
         alignment_loss(torch.zeros(0, 4), torch.zeros(0, 4), 1.0, 1.0)
+    with pytest.raises(ValueError, match="'full' or 'sparse'"):
+        alignment_loss_through(torch.zeros(2, 4), torch.zeros(2, 4), 1.0, 1.0, "mode")

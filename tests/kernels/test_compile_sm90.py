@@ -102,4 +102,6 @@ def test_alignment_kernels_compile_for_sm90(
     full, sparse = (torch.randn(1, 300, 4, 64, dtype=dtype) for _ in range(2))
     alignment_loss_fwd(full, sparse)
     alignment_loss_bwd(full, sparse, torch.tensor(1.0), *weights)
-    assert compiled == ["alignment_fwd_kernel", "alignment_bwd_kernel"]
+    upstream = torch.randn(300, 1, 4, 64, dtype=dtype).transpose(0, 1)  # added in place, strided
+    alignment_loss_bwd(full, sparse, torch.tensor(1.0), *weights, upstream, upstream)
+    assert compiled == ["alignment_fwd_kernel", "alignment_bwd_kernel", "alignment_bwd_kernel"]

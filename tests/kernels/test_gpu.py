@@ -13,6 +13,7 @@ import pytest
 import torch
 from ssa_kernels import (
     alignment_loss,
+    alignment_loss_through,
     full_attention,
     mixed_attention,
     select_blocks,
@@ -288,3 +289,26 @@ def test_alignment_loss_bf16(weights: tuple[float, float], poison: None) -> None
             torch.testing.assert_close(got, ref, atol=0, rtol=2**-7, msg=lambda m, n=name: f"{n}: {m}")
     for first, second in zip(*runs, strict=True):
         assert first is None or torch.equal(first, second), "two runs differ"
+
+
+@pytest.mark.parametrize("through", ["full", "sparse"])
+def test_alignment_loss_through_bf16(through: str, poison: None) -> None:
+    """`alignment_loss_through` at the 40M model's shape: the gradient the passed-on output gets from above
+    (autograd's transposed view of the `[s, b, h * d]` gradient, read in place) added inside the backward
+    kernel, within one bf16 unit in the last place of the reference given the same added gradient."""
+    shape = (2, 2048, 8, 64)
+    full = torch.randn(shape, device="cuda", dtype=torch.bfloat16)
+    sparse = (full.float() + 1.5 * torch.randn(shape, device="cuda")).bfloat16()
+    upstream = torch.randn(2048, 2, 8 * 64, device="cuda", dtype=torch.bfloat16).view(2048, 2, 8, 64)
+    upstream = upstream.transpose(0, 1)
+    grad_loss = torch.tensor(
+        float(full.numel()), device="cuda"
+    )  # its gradient as large as the one from above
+    a, b = full.clone().requires_grad_(), sparse.clone().requires_grad_()
+    out, loss, _ = alignment_loss_through(a, b, 1.0, 1.0, through)
+    torch.autograd.backward((out, loss), (upstream, grad_loss))
+    adds = (upstream, None) if through == "full" else (None, upstream)
+    ref_grads = naive_alignment_loss_bwd(full, sparse, grad_loss, 1.0, 1.0, *adds)
+    for name, ref, got in zip(("grad full", "grad sparse"), ref_grads, (a.grad, b.grad), strict=True):
+        assert got.dtype == torch.bfloat16, name
+        torch.testing.assert_close(got, ref, atol=0, rtol=2**-7, msg=lambda m, n=name: f"{n}: {m}")
