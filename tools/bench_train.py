@@ -14,7 +14,9 @@ Each (variant, sequence length, micro-batch) gives one JSON line, appended to `-
 measured (an out-of-memory shape gives a line with `"oom": true` and the run goes on):
 
 * `step_ms`, `tokens_per_s`: `--steps` steps back to back after `--warmup` steps (CUDA events, one host
-  synchronisation at the end: the step's own synchronisations only); `step_ms_median` per step.
+  synchronisation at the end: the step's own synchronisations only); `step_ms_median` per step;
+  `phase_ms`: per step, the device time of the forward (with the loss), the backward and the optimizer step
+  (between events recorded at their boundaries, idle included).
 * `mfu` = flops_per_token x tokens_per_s / peak, with `ssa_pretrain.metrics.flops_per_token`:
   6 N (N = all parameters, the tied embedding once: it is the output GEMM) + per layer 12 H d ctx for each
   attention branch that runs (ctx = T / 2 causal full, min(K BS, T / 2) sparse; `ssa` counts both) + the
@@ -30,8 +32,9 @@ measured (an out-of-memory shape gives a line with `"oom": true` and the run goe
   gradient bookkeeping, kernels the profiler could not attribute). On CPU the same split of CPU time.
   `split_top`: per part, its kernels (CPU: ops) with the most time; `split_launches`: how many it launched
   (a part of many short kernels is bound by the host, not the device). `device_idle_ms`: `step_ms` minus
-  the profiled step's device time, what the device waits for the host per step; `syncs`: one more step's
-  synchronising calls per source line (`synchronizations`), where those waits begin.
+  the profiled step's device time, what the device waits for the host per step, and `phase_idle_ms` the
+  same per phase (forward + backward, optimizer: `phase_ms` minus the kernel time of their parts); `syncs`:
+  one more step's synchronising calls per source line (`synchronizations`), where those waits begin.
 * `memory` (`--memory`): per mode, the bytes the autograd graph of one forward keeps for backward (unique
   storages, parameters excluded, by `saved_tensors_hooks`), per layer and per part of a layer, the fp32 share
   and the largest tensors; on CUDA also the memory each layer leaves allocated after its forward.
@@ -139,6 +142,8 @@ PARTS = (
     "optimizer",
     "other",
 )
+PHASES = ("forward", "backward", "optimizer")
+"""A timed step's phases: forward with the loss, `engine.backward`, `engine.step`."""
 RANGES = {  # profiler range -> part; the innermost range of an op decides
     "attention.selection": "selection",
     "attention.sparse": "sparse_attention",
@@ -432,12 +437,17 @@ def _allocated_gib() -> float | None:
     return torch.cuda.memory_allocated() / GIB if torch.cuda.is_available() else None
 
 
-def train_step(engine: Any, cfg: Config, step: int, tokens: torch.Tensor) -> torch.Tensor:
-    """One optimizer step of one micro-batch, the mode drawn as in training (host-side: no sync); its loss."""
+def train_step(
+    engine: Any, cfg: Config, step: int, tokens: torch.Tensor, mark: Callable[[], None] = lambda: None
+) -> torch.Tensor:
+    """One optimizer step of one micro-batch, the mode drawn as in training (host-side: no sync); its loss.
+    `mark()` runs after the forward (loss included) and after the backward (`timed`'s phase events)."""
     set_attention_mode(engine.module, choose_mode(cfg.ssa, cfg.train.seed, step, 0, 1))
     inputs, labels = context_parallel_share(tokens[:, :-1], tokens[:, 1:])  # as is without CP
     loss = engine(inputs, None, None, labels=labels).float().mean()
+    mark()
     engine.backward(loss)
+    mark()
     with record_function("bench.optimizer"):
         engine.step()
     return loss.detach()
@@ -445,28 +455,36 @@ def train_step(engine: Any, cfg: Config, step: int, tokens: torch.Tensor) -> tor
 
 def timed(
     engine: Any, cfg: Config, batches: list[torch.Tensor], warmup: int, steps: int
-) -> tuple[list[float], list[float]]:
-    """Per-step milliseconds of `steps` steps run back to back after `warmup` steps, and every step's loss
-    (read after the last step: no host synchronisation in between)."""
+) -> tuple[list[float], list[float], dict[str, float]]:
+    """Per-step milliseconds of `steps` steps run back to back after `warmup` steps, every step's loss (read
+    after the last step: no host synchronisation in between), and the mean milliseconds per phase of a step
+    (`PHASES`: forward with the loss, backward, optimizer; on CUDA the device time between events recorded
+    at the phase boundaries, idle included)."""
     cuda = torch.cuda.is_available()
     losses = [train_step(engine, cfg, step, batches[step % len(batches)]) for step in range(warmup)]
-    marks = []
-    if cuda:
-        torch.cuda.synchronize()
-    for step in range(warmup, warmup + steps + 1):
+    marks: list[Any] = []
+
+    def mark() -> None:
         if cuda:
             marks.append(torch.cuda.Event(enable_timing=True))
             marks[-1].record()
         else:
             marks.append(time.perf_counter())
-        if step < warmup + steps:
-            losses.append(train_step(engine, cfg, step, batches[step % len(batches)]))
+
     if cuda:
         torch.cuda.synchronize()
-        times = [a.elapsed_time(b) for a, b in itertools.pairwise(marks)]
+    mark()
+    for step in range(warmup, warmup + steps):
+        losses.append(train_step(engine, cfg, step, batches[step % len(batches)], mark))
+        mark()
+    if cuda:
+        torch.cuda.synchronize()
+        between = [a.elapsed_time(b) for a, b in itertools.pairwise(marks)]
     else:
-        times = [(b - a) * 1e3 for a, b in itertools.pairwise(marks)]
-    return times, [round(float(x), 4) for x in losses]
+        between = [(b - a) * 1e3 for a, b in itertools.pairwise(marks)]
+    phases = {name: sum(between[i :: len(PHASES)]) / steps for i, name in enumerate(PHASES)}
+    times = [sum(between[i : i + len(PHASES)]) for i in range(0, len(between), len(PHASES))]
+    return times, [round(float(x), 4) for x in losses], phases
 
 
 def measure_shape(
@@ -491,7 +509,7 @@ def measure_shape(
         torch.cuda.reset_peak_memory_stats()
     for comm in comms:
         comm.moved.clear()
-    times, losses = timed(engine, cfg, batches, args.warmup, args.steps)
+    times, losses, phases = timed(engine, cfg, batches, args.warmup, args.steps)
     moved = sum(nbytes for comm in comms for _, nbytes in comm.moved) / (args.warmup + args.steps)
     step_ms = sum(times) / len(times)
     tokens_per_s = micro_batch * seq_len / (step_ms / 1e3)
@@ -507,6 +525,7 @@ def measure_shape(
         "micro_batch": micro_batch,
         "step_ms": round(step_ms, 3),
         "step_ms_median": round(sorted(times)[len(times) // 2], 3),
+        "phase_ms": {name: round(ms, 3) for name, ms in phases.items()},
         "tokens_per_s": round(tokens_per_s, 1),
         "flops_per_token": flops,
         "mfu": round(flops * tokens_per_s / peak, 4) if peak else None,
@@ -529,7 +548,15 @@ def measure_shape(
     if args.split:
         with _optional(row, "split"):
             row.update(profiled_split(engine, cfg, args.warmup + args.steps, batches[0]))
-            row["device_idle_ms"] = round(step_ms - row["device_busy_ms"], 3) if cuda else None
+            if cuda:
+                row["device_idle_ms"] = round(step_ms - row["device_busy_ms"], 3)
+                optimizer_busy = row["split_ms"]["optimizer"]
+                row["phase_idle_ms"] = {
+                    "forward_backward": round(
+                        phases["forward"] + phases["backward"] - (row["device_busy_ms"] - optimizer_busy), 3
+                    ),
+                    "optimizer": round(phases["optimizer"] - optimizer_busy, 3),
+                }
             row["syncs"] = synchronizations(engine, cfg, args.warmup + args.steps + 1, batches[1])
     if args.memory:
         with _optional(row, "memory"):

@@ -42,6 +42,8 @@ def test_anchor_beside_ssa_with_split_and_memory(bench_train):
     for row in rows:
         assert row["step_ms"] > 0 and row["tokens_per_s"] > 0 and not row["oom"]
         assert len(row["losses"]) == 3 and all(4.0 < x < 8.0 for x in row["losses"])  # ~ln(320) = 5.77
+        assert list(row["phase_ms"]) == list(bench_train.PHASES) and min(row["phase_ms"].values()) > 0
+        assert sum(row["phase_ms"].values()) == pytest.approx(row["step_ms"], rel=1e-3, abs=1e-2)
         assert set(row["split_ms"]) == set(bench_train.PARTS)
         assert sum(row["split_ms"].values()) > 0
         assert row["split_ms"]["gemm"] > 0 and row["split_ms"]["optimizer"] > 0
