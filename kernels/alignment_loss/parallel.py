@@ -35,6 +35,16 @@ def alignment_fwd_kernel(
 
 
 @triton.jit
+def plus_added(grad, add, row, col, mask, T, stride_b, stride_t):
+    """`grad` (fp32) plus the added gradient `add` at the same elements (row `row`, column `col` of the
+    `[B * T, ROW]` rows; strides between batch elements and rows), or `grad` itself when `add` is None."""
+    if add is not None:
+        at = (row // T) * stride_b + (row % T) * stride_t + col
+        grad += tl.load(add + at, mask=mask, other=0.0).to(tl.float32)
+    return grad
+
+
+@triton.jit
 def alignment_bwd_kernel(
     full,  # [N]
     sparse,  # [N]
@@ -65,16 +75,10 @@ def alignment_bwd_kernel(
     step = tl.clamp(x - y, -1.0, 1.0) * inv_n
     row, col = offs // ROW, offs % ROW
     if grad_full is not None:
-        gf = step * (g * w_fs)
-        if add_full is not None:
-            at = (row // T) * full_stride_b + (row % T) * full_stride_t + col
-            gf += tl.load(add_full + at, mask=mask, other=0.0).to(tl.float32)
+        gf = plus_added(step * (g * w_fs), add_full, row, col, mask, T, full_stride_b, full_stride_t)
         tl.store(grad_full + offs, gf.to(grad_full.dtype.element_ty), mask=mask)
     if grad_sparse is not None:
-        gs = -step * (g * w_sf)
-        if add_sparse is not None:
-            at = (row // T) * sparse_stride_b + (row % T) * sparse_stride_t + col
-            gs += tl.load(add_sparse + at, mask=mask, other=0.0).to(tl.float32)
+        gs = plus_added(-step * (g * w_sf), add_sparse, row, col, mask, T, sparse_stride_b, sparse_stride_t)
         tl.store(grad_sparse + offs, gs.to(grad_sparse.dtype.element_ty), mask=mask)
 
 
