@@ -180,7 +180,10 @@ class TrainConfig(Section):
     the attention kernels' layout. CUDA only: on CPU the plain ops run whatever this says."""
     deepspeed_config: str = "configs/deepspeed/zero1.json"
     """DeepSpeed JSON (ZeRO stage 1 or 2 over the data-parallel group); its `"auto"` values are filled
-    from this config. A relative path is looked up in the working directory, then in the repository."""
+    from this config. A relative path is looked up in the working directory, then in the repository.
+    Shipped: `zero1.json` (bf16 gradients), `zero1-fp32-grads.json` (in bf16, DeepSpeed's BF16 optimizer:
+    gradients accumulated in fp32, the leanest step on one GPU without accumulation) and `zero2.json`
+    (gradients partitioned and reduced during backward: multi-node, accumulation, memory)."""
     log_interval: int = Field(default=1, ge=1)
     """Steps between metric lines."""
     eval_interval: int = Field(default=100, ge=1)

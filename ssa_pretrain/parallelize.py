@@ -28,7 +28,7 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 from megatron.core.tensor_parallel import random as mc_random
 
-from ssa_pretrain import checkpoint
+from ssa_pretrain import checkpoint, quiet
 from ssa_pretrain.config import Config, ConfigError, read_deepspeed_json
 from ssa_pretrain.optim import build_optimizer, build_scheduler
 from ssa_pretrain.parallel import CP_COMM, split_sequence
@@ -222,13 +222,14 @@ def build_engine(cfg: Config, model: torch.nn.Module, dp: int, bf16: bool) -> De
     import deepspeed  # after the CPU shims: DeepSpeed picks its accelerator at import
 
     optimizer = build_optimizer(model, cfg.train)
-    engine, *_ = deepspeed.initialize(
-        model=model,
-        optimizer=optimizer,
-        lr_scheduler=build_scheduler(optimizer, cfg.train),
-        config=deepspeed_config(cfg, dp, bf16),
-        mpu=MegatronMPU(),
-        dist_init_required=False,
-    )
+    with quiet.deepspeed_prints():
+        engine, *_ = deepspeed.initialize(
+            model=model,
+            optimizer=optimizer,
+            lr_scheduler=build_scheduler(optimizer, cfg.train),
+            config=deepspeed_config(cfg, dp, bf16),
+            mpu=MegatronMPU(),
+            dist_init_required=False,
+        )
     checkpoint.use_safe_checkpoint_files(engine)
     return engine

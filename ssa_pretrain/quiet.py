@@ -8,6 +8,9 @@ imported. It
 * sets up logging: our loggers (`ssa_pretrain.*`) at INFO, everyone else's at WARNING (Megatron announces
   its import-time choices at INFO), and the loggers in `QUIET_LOGGERS` at ERROR.
 
+`deepspeed_prints()` swallows what DeepSpeed `print`s while it builds an engine (its bf16 optimizer reports
+the memory in use five times, on stdout, unconditionally).
+
 `WANDB_SETTINGS` turns off wandb's start banner and end-of-run summary (the same numbers are on the
 console and in `metrics.jsonl`), and `announce_deepspeed_op_build` says, before a first CPU run goes
 quiet for minutes, that DeepSpeed is compiling its CPU communication op.
@@ -17,9 +20,12 @@ quiet for minutes, that DeepSpeed is compiling its CPU communication op.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 import warnings
+from collections.abc import Iterator
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +65,17 @@ def install() -> None:
         warnings.filterwarnings("ignore", message=message, category=UserWarning, module=module)
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
+
+
+@contextlib.contextmanager
+def deepspeed_prints() -> Iterator[None]:
+    """Inside: stdout goes nowhere (DeepSpeed's start-up `print`s, e.g. `see_memory_usage(force=True)`);
+    its logger and every exception still show."""
+    if verbose():
+        yield
+        return
+    with contextlib.redirect_stdout(io.StringIO()):
+        yield
 
 
 def announce_deepspeed_op_build() -> None:

@@ -1,7 +1,9 @@
 """Training-step throughput, time split and memory on one GPU: `anchor`, `full`, `sparse`, `ssa` side by side.
 
-The real training path — Megatron GPT with the SSA spec inside the DeepSpeed engine (bf16, ZeRO-1, torch
-AdamW), forward + backward + optimizer step — on random tokens. Variants:
+The real training path — Megatron GPT with the SSA spec inside the DeepSpeed engine (bf16, ZeRO-1 with fp32
+gradients: `configs/deepspeed/zero1-fp32-grads.json`, DeepSpeed's BF16 optimizer, as the one-GPU recipe
+trains; torch AdamW), forward + backward + optimizer step — on random tokens. The JSON line's
+`zero_optimizer` names DeepSpeed's optimizer wrapper that ran. Variants:
 
 * `anchor`: plain Megatron-Core GPT of the same shape — Megatron's local layer spec with PyTorch SDPA as its
   core attention (injected through the `ModuleSpec`), no output gate, no SSA code, Megatron's own loss — in
@@ -47,13 +49,16 @@ while each SSA layer communicates through `SimulatedComm`, which copies the byte
 locally (the rank's own share standing in for its peers'). `step_ms` is the rank's compute: one GPU's step
 over the same sequences divided by it is the speed-up once the transfers hide behind compute;
 `cp_moved_bytes_per_step` is what the attention layers would move per step, `zero_moved_bytes_per_step`
-ZeRO's gradient reduce-scatter and parameter all-gather (what the fake group skipped), to show they do.
+ZeRO's gradient reduction and parameter all-gather (`zero_moved_bytes`: what the fake group skipped), to show
+they do.
 
     python tools/bench_train.py                                   # 1b, 8192 tokens, micro-batch 1
     python tools/bench_train.py --variants anchor full sparse ssa --micro-batch 1 2 --split --memory \\
         --out docs/perf/bench_train.jsonl
     python tools/bench_train.py --variants ssa --seq-len 131072 65536 32768 --longest train.recompute=full
     python tools/bench_train.py --variants full ssa --micro-batch 2 --cross-entropy megatron   # a lever, off
+    python tools/bench_train.py --variants full --micro-batch 2 \\
+        train.deepspeed_config=configs/deepspeed/zero1.json                            # bf16 gradients
     python tools/bench_train.py --variants ssa --seq-len 65536 --simulate-cp 2 train.recompute=full
 """
 
@@ -401,7 +406,7 @@ def bench_config(args: argparse.Namespace, variant: str, seq_len: int, micro_bat
             f"train.global_batch_size={micro_batch}",
             "train.steps=1000",  # the schedule of a 1000-step run (a model file alone sets no steps)
             f"train.precision={'bf16' if torch.cuda.is_available() else 'fp32'}",
-            "train.deepspeed_config=configs/deepspeed/zero1.json",
+            "train.deepspeed_config=configs/deepspeed/zero1-fp32-grads.json",
             *cross_entropy(args, variant),
             f"parallel.cp={args.simulate_cp}",
             *args.overrides,
@@ -518,6 +523,7 @@ def measure_shape(
     modes = [
         choose_mode(cfg.ssa, cfg.train.seed, s, 0, 1) for s in range(args.warmup, args.warmup + args.steps)
     ]
+    zero_optimizer = type(engine.optimizer).__name__
     row: dict[str, Any] = {
         "variant": variant,
         "params": num_params,
@@ -536,6 +542,7 @@ def measure_shape(
         "block_size": cfg.ssa.block_size,
         "block_count": cfg.ssa.block_count,
         "recompute": cfg.train.recompute,
+        "zero_optimizer": zero_optimizer,  # DeepSpeed's wrapper: its stage and dtypes pick it
         "oom": False,
     }
     if comms:  # what the fake process group and the simulated channels did not send
@@ -543,7 +550,7 @@ def measure_shape(
         row.update(
             simulate_cp=size,
             cp_moved_bytes_per_step=round(moved),
-            zero_moved_bytes_per_step=round(2 * (size - 1) / size * num_params * 2),  # bf16 grads + params
+            zero_moved_bytes_per_step=round(zero_moved_bytes(zero_optimizer, size, num_params)),
         )
     if args.split:
         with _optional(row, "split"):
@@ -565,6 +572,15 @@ def measure_shape(
                 for mode in (("full", "sparse") if variant == "ssa" else modes[:1])
             }
     return row
+
+
+def zero_moved_bytes(zero_optimizer: str, ranks: int, num_params: int) -> float:
+    """Bytes one rank sends per step in ZeRO-1/2 over `ranks`: the gradients (DeepSpeed's BF16 optimizer
+    all-reduces its fp32 accumulators, its ZeRO optimizer reduce-scatters bf16) and the all-gather of the
+    updated bf16 parameters."""
+    share = (ranks - 1) / ranks * num_params
+    grads = 2 * share * 4 if zero_optimizer == "BF16_Optimizer" else share * 2
+    return grads + share * 2
 
 
 @contextlib.contextmanager

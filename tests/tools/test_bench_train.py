@@ -143,6 +143,7 @@ def test_simulated_context_parallel_rank_runs_its_share(tmp_path):
     assert row["simulate_cp"] == 2 and "error" not in row and not row["oom"]
     assert row["step_ms"] > 0 and len(set(row["losses"])) > 1
     assert row["cp_moved_bytes_per_step"] > 0
+    assert row["zero_optimizer"] == "DeepSpeedZeroOptimizer"  # fp32: the BF16 optimizer needs bf16 weights
     assert row["zero_moved_bytes_per_step"] == round(2 * 0.5 * row["params"] * 2)
     largest = row["memory"]["full"]["largest_saved"][0]
     assert largest[1][:2] == [128, 2] and largest[1][2] >= 320  # [tokens of this rank, batch, vocab]

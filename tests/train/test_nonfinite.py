@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from ssa_pretrain.checkpoint import MODEL_STATES
 from tests.helpers import read_metrics
-from tests.train.test_train import run
+from tests.train.test_train import BF16_FP32_GRADS, run
 
 
 def weights(run_dir, step: int) -> dict[str, torch.Tensor]:
@@ -18,9 +19,10 @@ def weights(run_dir, step: int) -> dict[str, torch.Tensor]:
     return {k: v for k, v in state["module"].items() if torch.is_tensor(v)}
 
 
-def test_nonfinite_gradients_skip_the_update_and_are_counted(tiny_data, tmp_path):
+@pytest.mark.parametrize("precision", [(), BF16_FP32_GRADS], ids=["fp32", "bf16-fp32-grads"])
+def test_nonfinite_gradients_skip_the_update_and_are_counted(tiny_data, tmp_path, precision):
     run_dir = tmp_path / "run"
-    run(run_dir, tiny_data, "train.steps=3", "train.save_interval=1",
+    run(run_dir, tiny_data, "train.steps=3", "train.save_interval=1", *precision,
         "debug.inject_nonfinite_at=2", "debug.inject_nonfinite_into=gradients")  # fmt: skip
     metrics = read_metrics(run_dir)
     assert isinstance(metrics[1]["loss"], float) and metrics[1]["grad_norm"] in ("inf", "nan")

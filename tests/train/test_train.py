@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -30,6 +31,20 @@ FAST = [
     "logging.wandb=disabled",
     "logging.progress=false",
 ]
+
+
+# bf16 weights with fp32 gradient accumulation: DeepSpeed's BF16 optimizer (the one-GPU recipe's), a path of
+# its own that fp32 runs never take.
+BF16_FP32_GRADS = ("train.precision=bf16", "train.deepspeed_config=configs/deepspeed/zero1-fp32-grads.json")
+
+
+def zero_optimizer_keys(run_dir, step: int) -> set[str]:
+    """The keys of DeepSpeed's optimizer state in a checkpoint: which wrapper wrote it (its ZeRO optimizer
+    keeps a loss scaler, the BF16 optimizer none), read as resume reads it."""
+    from ssa_pretrain.checkpoint import safe_load
+
+    (path,) = (Path(run_dir) / f"checkpoints/step-{step:06d}").glob("*optim_states.pt")
+    return set(safe_load(path)["optimizer_state_dict"])
 
 
 def run(run_dir, data, *overrides, nproc: int = 1, check: bool = True) -> subprocess.CompletedProcess:
@@ -70,8 +85,9 @@ def test_trains_writes_metrics_checkpoint_and_config(tiny_data, tmp_path):
     assert (tmp_path / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_resume_after_signal_repeats_the_uninterrupted_losses(tiny_data, tmp_path):
-    steps = ["train.steps=10", "train.save_interval=100"]
+@pytest.mark.parametrize("precision", [(), BF16_FP32_GRADS], ids=["fp32", "bf16-fp32-grads"])
+def test_resume_after_signal_repeats_the_uninterrupted_losses(tiny_data, tmp_path, precision):
+    steps = ["train.steps=10", "train.save_interval=100", *precision]
     run(tmp_path / "straight", tiny_data, *steps)
 
     # Interrupt a second run with SIGUSR1 once it has logged two steps: it saves at the step boundary.
@@ -92,6 +108,7 @@ def test_resume_after_signal_repeats_the_uninterrupted_losses(tiny_data, tmp_pat
     run(tmp_path / "split", tiny_data, *steps)  # the same command resumes
     assert [m["step"] for m in read_metrics(tmp_path / "split")] == list(range(1, 11))
     assert losses(tmp_path / "split") == losses(tmp_path / "straight")
+    assert ("loss_scaler" in zero_optimizer_keys(tmp_path / "split", 10)) == (precision != BF16_FP32_GRADS)
 
 
 @pytest.fixture(scope="module")
@@ -119,6 +136,7 @@ SSA_FULL, SSA_SPARSE = ("ssa.full_ratio=1.0",), ("ssa.full_ratio=0.0",)
         (2, [], SSA_SPARSE),
         (2, [], SSA_FULL),
         (2, ["train.deepspeed_config=configs/deepspeed/zero2.json"], SSA_SPARSE),
+        (2, [], (*SSA_SPARSE, *BF16_FP32_GRADS)),
         (2, ["parallel.tp=2"], SSA_SPARSE),
         (2, ["parallel.tp=2"], SSA_FULL),
         (2, ["parallel.cp=2"], SSA_SPARSE),
@@ -132,9 +150,10 @@ SSA_FULL, SSA_SPARSE = ("ssa.full_ratio=1.0",), ("ssa.full_ratio=0.0",)
         (4, ["parallel.tp=2", "parallel.cp=2", "parallel.sequence_parallel=true"], SSA_FULL),
     ],
     ids=[
-        "dp2-ssa-sparse", "dp2-ssa-full", "dp2-zero2", "tp2-ssa-sparse", "tp2-ssa-full", "cp2-ssa-sparse",
-        "cp2-ssa-full", "cp2-sparse-only", "cp2-full-only", "cp4-ring-ssa-sparse", "tp2xcp2-ring-ssa-full",
-        "dp2xcp2-ssa-sparse", "tp2-sp-ssa-sparse", "tp2xcp2-sp-ssa-full",
+        "dp2-ssa-sparse", "dp2-ssa-full", "dp2-zero2", "dp2-bf16-fp32-grads", "tp2-ssa-sparse",
+        "tp2-ssa-full", "cp2-ssa-sparse", "cp2-ssa-full", "cp2-sparse-only", "cp2-full-only",
+        "cp4-ring-ssa-sparse", "tp2xcp2-ring-ssa-full", "dp2xcp2-ssa-sparse", "tp2-sp-ssa-sparse",
+        "tp2xcp2-sp-ssa-full",
     ],
 )  # fmt: skip
 def test_parallel_layouts_equal_one_process(single_process_run, tiny_data, tmp_path, nproc, layout, method):
@@ -144,7 +163,8 @@ def test_parallel_layouts_equal_one_process(single_process_run, tiny_data, tmp_p
     context parallel (the sequence sharded in the load-balanced layout; keys/values all-gathered by default,
     the ring where a case says so) and their products give the losses, alignment losses, gradient norms and
     validation losses of one process. With full_ratio 0 / 1 every micro-step has the same mode in every
-    layout; in `ssa` both branches and the alignment loss run each step."""
+    layout; in `ssa` both branches and the alignment loss run each step. In bf16 with DeepSpeed's BF16
+    optimizer, two ranks' fp32 gradients all-reduced equal one rank's two accumulated micro-steps."""
     common = ("train.steps=4", *method)
     one = single_process_run(*common)
     run(tmp_path / "many", tiny_data, *common, *layout, nproc=nproc)
