@@ -37,6 +37,10 @@ measured (an out-of-memory shape gives a line with `"oom": true` and the run goe
   the profiled step's device time, what the device waits for the host per step, and `phase_idle_ms` the
   same per phase (forward + backward, optimizer: `phase_ms` minus the kernel time of their parts); `syncs`:
   one more step's synchronising calls per source line (`synchronizations`), where those waits begin.
+* `timeline_ms` (`--timeline`): one more step marked at its phases and at every layer's boundaries, forward
+  and backward (`timeline`): per region (start, layers' forward, loss, backward start, layers' backward,
+  backward end, optimizer) the host's and the device's time between the marks, so the stretches where the
+  device runs at the host's pace show; `layer_forward_ms` / `layer_backward_ms` per layer.
 * `memory` (`--memory`): per mode, the bytes the autograd graph of one forward keeps for backward (unique
   storages, parameters excluded, by `saved_tensors_hooks`), per layer and per part of a layer, the fp32 share
   and the largest tensors; on CUDA also the memory each layer leaves allocated after its forward.
@@ -565,6 +569,9 @@ def measure_shape(
                     "optimizer": round(phases["optimizer"] - optimizer_busy, 3),
                 }
             row["syncs"] = synchronizations(engine, cfg, args.warmup + args.steps + 1, batches[1])
+    if args.timeline:
+        with _optional(row, "timeline"):
+            row.update(timeline(engine, cfg, args.warmup + args.steps, batches[0]))
     if args.memory:
         with _optional(row, "memory"):
             row["memory"] = {
@@ -628,6 +635,90 @@ def synchronizations(engine: Any, cfg: Config, step: int, batch: torch.Tensor) -
         if "synchroniz" in str(w.message).lower()
     )
     return dict(sites.most_common())
+
+
+TIMELINE_REGIONS = (  # (name, first mark, last mark) of a step's stretches, in order; L = the last layer
+    ("start", "step<", "forward0<"),  # mode draw, embedding
+    ("layers_forward", "forward0<", "forwardL>"),
+    ("loss", "forwardL>", "forward_end"),  # final norm, logits, cross-entropy
+    ("backward_start", "forward_end", "backwardL<"),  # the loss's backward up to the last layer
+    ("layers_backward", "backwardL<", "backward0>"),
+    ("backward_end", "backward0>", "backward_end"),  # embedding, DeepSpeed's gradient bookkeeping
+    ("optimizer", "backward_end", "step>"),
+)
+
+
+def timeline(engine: Any, cfg: Config, step: int, batch: torch.Tensor) -> dict[str, Any]:
+    """Where the device waits for the host: one more step with marks at its phase boundaries and at every
+    transformer layer (forward: entry and exit; backward: when the gradient reaches each layer's input, and
+    the last layer's output, by tensor hooks), each a host clock reading and, on CUDA, an event recorded
+    there.
+    `timeline_ms`: per region of `TIMELINE_REGIONS` the host time and (CUDA) the device time between its
+    marks. Where a region's device time is no longer than its host time the device ran at the host's pace
+    (it waited); where it is longer the host ran ahead and the device was the bound. `layer_forward_ms`,
+    `layer_backward_ms`: per layer, device time on CUDA, host time on CPU. Without recomputation only (a
+    recomputed layer marks its forward again inside the backward)."""
+    cuda = torch.cuda.is_available()
+    marks: dict[str, tuple[float, Any]] = {}
+
+    def mark(label: str) -> None:
+        event = torch.cuda.Event(enable_timing=True) if cuda else None
+        if event is not None:
+            event.record()
+        marks[label] = (time.perf_counter(), event)
+
+    def hooks(i: int) -> tuple[Callable, Callable]:
+        def enter(module, args, kwargs):
+            mark(f"forward{i}<")
+            hidden = args[0] if args else kwargs["hidden_states"]
+            if hidden.requires_grad:
+                hidden.register_hook(lambda _: mark(f"backward{i}>"))
+
+        def leave(module, args, kwargs, output):
+            mark(f"forward{i}>")
+            if i == len(layers) - 1:  # the others' output is the next layer's input: its mark
+                hidden = output[0] if isinstance(output, tuple) else output
+                hidden.register_hook(lambda _: mark(f"backward{i}<"))
+
+        return enter, leave
+
+    layers = engine.module.decoder.layers
+    handles = []
+    for i, layer in enumerate(layers):
+        enter, leave = hooks(i)
+        handles += [
+            layer.register_forward_pre_hook(enter, with_kwargs=True),
+            layer.register_forward_hook(leave, with_kwargs=True),
+        ]
+    phase_ends = iter(("forward_end", "backward_end"))
+    try:
+        mark("step<")
+        train_step(engine, cfg, step, batch, lambda: mark(next(phase_ends)))
+        mark("step>")
+        if cuda:
+            torch.cuda.synchronize()
+    finally:
+        for handle in handles:
+            handle.remove()
+    last = str(len(layers) - 1)
+
+    def between(first: str, then: str, device: bool) -> float:
+        (host_a, event_a), (host_b, event_b) = marks[first.replace("L", last)], marks[then.replace("L", last)]
+        return round(event_a.elapsed_time(event_b) if device else (host_b - host_a) * 1e3, 3)
+
+    regions = {}
+    for name, first, then in TIMELINE_REGIONS:
+        regions[name] = {"host": between(first, then, False)}
+        if cuda:
+            regions[name]["device"] = between(first, then, True)
+    return {
+        "timeline_ms": regions,
+        "layer_forward_ms": [between(f"forward{i}<", f"forward{i}>", cuda) for i in range(len(layers))],
+        "layer_backward_ms": [  # from the gradient at the layer's output (the next one's input) to its input
+            between(f"backward{i + 1}>" if i < len(layers) - 1 else "backwardL<", f"backward{i}>", cuda)
+            for i in range(len(layers))
+        ],
+    }
 
 
 def memory_report(engine: Any, mode: str, batch: torch.Tensor) -> dict[str, Any]:
@@ -733,6 +824,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--split", action="store_true", help="profile one more step: time per part")
     parser.add_argument("--memory", action="store_true", help="report what each layer saves for backward")
+    parser.add_argument(
+        "--timeline", action="store_true", help="one more step marked per layer: where the device waits"
+    )
     parser.add_argument(
         "--cross-entropy",
         choices=["megatron", "megatron_fused", "fused"],

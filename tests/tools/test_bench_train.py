@@ -33,7 +33,7 @@ def bench_train(monkeypatch):
 
 
 def test_anchor_beside_ssa_with_split_and_memory(bench_train):
-    args = bench_train.parse_args([*TINY, "--split", "--memory"])
+    args = bench_train.parse_args([*TINY, "--split", "--memory", "--timeline"])
     rows: list[dict] = []
     for variant in ("anchor", "ssa"):
         bench_train.run_variant(args, variant, {}, rows.append)
@@ -56,6 +56,14 @@ def test_anchor_beside_ssa_with_split_and_memory(bench_train):
         assert any(name == "aten::mm" for name, _ in row["split_top"]["gemm"])
         assert set(row["split_launches"]) == set(bench_train.PARTS)
         assert all((row["split_launches"][part] > 0) == (ms > 0) for part, ms in row["split_ms"].items())
+        assert "timeline_error" not in row, row.get("timeline_error")
+        regions = row["timeline_ms"]
+        assert list(regions) == [name for name, _, _ in bench_train.TIMELINE_REGIONS]
+        assert all(region["host"] > 0 for region in regions.values())  # the marks come in this order
+        assert len(row["layer_forward_ms"]) == len(row["layer_backward_ms"]) == 4
+        assert 0 < sum(row["layer_forward_ms"]) <= regions["layers_forward"]["host"] + 1e-2  # inside it
+        backward = regions["layers_backward"]["host"]
+        assert sum(row["layer_backward_ms"]) == pytest.approx(backward, abs=1e-2)  # one after the other
     assert anchor["split_ms"]["full_attention"] > 0
     assert anchor["split_ms"]["selection"] == anchor["split_ms"]["sparse_attention"] == 0
     assert anchor["split_ms"]["alignment"] == 0
