@@ -659,6 +659,8 @@ def timeline(engine: Any, cfg: Config, step: int, batch: torch.Tensor) -> dict[s
     `layer_backward_ms`: per layer, device time on CUDA, host time on CPU. Without recomputation only (a
     recomputed layer marks its forward again inside the backward)."""
     cuda = torch.cuda.is_available()
+    layers = engine.module.decoder.layers
+    last = len(layers) - 1
     marks: dict[str, tuple[float, Any]] = {}
 
     def mark(label: str) -> None:
@@ -676,13 +678,12 @@ def timeline(engine: Any, cfg: Config, step: int, batch: torch.Tensor) -> dict[s
 
         def leave(module, args, kwargs, output):
             mark(f"forward{i}>")
-            if i == len(layers) - 1:  # the others' output is the next layer's input: its mark
+            if i == last:  # the others' output is the next layer's input: its mark
                 hidden = output[0] if isinstance(output, tuple) else output
                 hidden.register_hook(lambda _: mark(f"backward{i}<"))
 
         return enter, leave
 
-    layers = engine.module.decoder.layers
     handles = []
     for i, layer in enumerate(layers):
         enter, leave = hooks(i)
@@ -700,10 +701,9 @@ def timeline(engine: Any, cfg: Config, step: int, batch: torch.Tensor) -> dict[s
     finally:
         for handle in handles:
             handle.remove()
-    last = str(len(layers) - 1)
 
     def between(first: str, then: str, device: bool) -> float:
-        (host_a, event_a), (host_b, event_b) = marks[first.replace("L", last)], marks[then.replace("L", last)]
+        (host_a, event_a), (host_b, event_b) = (marks[at.replace("L", str(last))] for at in (first, then))
         return round(event_a.elapsed_time(event_b) if device else (host_b - host_a) * 1e3, 3)
 
     regions = {}
@@ -715,7 +715,7 @@ def timeline(engine: Any, cfg: Config, step: int, batch: torch.Tensor) -> dict[s
         "timeline_ms": regions,
         "layer_forward_ms": [between(f"forward{i}<", f"forward{i}>", cuda) for i in range(len(layers))],
         "layer_backward_ms": [  # from the gradient at the layer's output (the next one's input) to its input
-            between(f"backward{i + 1}>" if i < len(layers) - 1 else "backwardL<", f"backward{i}>", cuda)
+            between(f"backward{i + 1}>" if i < last else "backwardL<", f"backward{i}>", cuda)
             for i in range(len(layers))
         ],
     }
